@@ -1,0 +1,182 @@
+"""Run configuration: a dataclass, read from YAML, overridden by CLI flags, written back resolved.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < explicit CLI flags. The resolved config is saved as
+``config.yaml`` in every run directory, and ``finetune --config <run>/config.yaml`` reproduces the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    return field(default=default, metadata={"help": help, "choices": choices, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a fine-tuning run. Field names are the YAML keys and the CLI flags."""
+
+    # --- data
+    data: str | None = _f(None, "dataset: a MAMe folder (CSV + data_256/ or data/) or a class-per-folder set")
+    demo: bool = _f(False, "use the built-in demo set (generated on first use)")
+    toy: bool = _f(False, "MAMe layout: read MAMe_toy_dataset.csv instead of MAMe_dataset.csv")
+    images: str | None = _f(None, "MAMe layout: image folder, when not <data>/data_256 or <data>/data")
+    museum: str | None = _f(None, "class-per-folder sets: value of the Museum column (default 'unknown')")
+    check_images: bool = _f(True, "check every image header before training and report all bad files")
+    # --- model
+    arch: str = _f("vgg16", "backbone (see --list-archs)")
+    alpha: float = _f(1.0, "MobileNet width multiplier (0.25, 0.5, 0.75, 1.0)")
+    weights: str = _f("imagenet", "imagenet | none | path of a Keras Applications weights file")
+    image_size: int | None = _f(None, "square input side in pixels (default: the backbone's)")
+    freeze_until: str = _f("auto", "freeze this block and every earlier one; 'none' trains all, 'all' head only")
+    head: str = _f("512,256", "hidden Dense+ReLU widths of the head, comma separated ('none' = linear)")
+    dropout: float = _f(0.5, "dropout after each hidden head layer")
+    l2: float = _f(1e-4, "L2 penalty on head kernels")
+    pooling: str = _f("avg", "global pooling of the backbone features", ("avg", "max"))
+    # --- optimisation
+    optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
+    lr: float = _f(1e-4, "learning rate")
+    weight_decay: float = _f(1e-4, "AdamW/SGD decoupled weight decay")
+    momentum: float = _f(0.9, "SGD momentum")
+    schedule: str = _f("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
+    plateau_factor: float = _f(0.2, "ReduceLROnPlateau factor")
+    plateau_patience: int = _f(2, "ReduceLROnPlateau patience (epochs)")
+    warmup_epochs: int = _f(0, "head-only epochs before unfreezing down to --freeze-until")
+    epochs: int = _f(20, "maximum number of epochs (warm-up included)")
+    batch_size: int = _f(32, "batch size")
+    steps_per_epoch: int | None = _f(None, "limit the batches per epoch (quick experiments)")
+    early_stopping: int = _f(5, "stop after this many epochs without val accuracy gain (0 = off)")
+    class_weight: str = _f("none", "loss weighting of classes", ("none", "balanced"))
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    augment: bool = _f(True, "random flip and small rotation on training images")
+    cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch")
+    seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
+    # --- output
+    out: str | None = _f(None, "run directory (default saved_models/<arch>-<timestamp>)")
+    runs_dir: str = _f("saved_models", "parent folder of run directories")
+    overwrite: bool = _f(False, "replace an existing complete run directory given by --out")
+    verbose: int = _f(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+
+    def validate(self) -> "TrainConfig":
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}. Received: {f.name}={value!r}")
+        for name in ("lr", "batch_size", "epochs"):
+            if getattr(self, name) is None or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive. Received: {name}={getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+        if self.l2 < 0:
+            raise ConfigError(f"l2 must be >= 0. Received: l2={self.l2}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs). Received: warmup_epochs={self.warmup_epochs}")
+        if not self.demo and not self.data:
+            raise ConfigError("no dataset given: pass --data PATH (MAMe folder or class-per-folder set) or --demo")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f: dataclasses.Field, cls) -> type:
+    hints = typing.get_type_hints(cls)
+    hint = hints[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "~")):
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false. Received: {name}={value!r}")
+    if kind in (int, float):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number. Received: {name}={value!r}") from None
+        if kind is int:
+            if number != int(number):
+                raise ConfigError(f"{name} must be an integer. Received: {name}={value!r}")
+            return int(number)
+        return number
+    if kind is str and isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value) if kind is str else value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; dashes in keys are accepted for underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def from_dict(cls, values: dict[str, Any], *, source: str = "config"):
+    """Build a config dataclass from a mapping; unknown keys are an error that lists the valid ones."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}. Valid options: {', '.join(names)}")
+    kwargs = {k: _coerce(k, v, _field_type(names[k], cls)) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, *, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field, with ``default=SUPPRESS`` so only flags given override the YAML."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kind = _field_type(f, cls)
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = str
+            kw["metavar"] = f.name.upper()
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            kw["help"] += f" (default: {default})"
+        parser.add_argument(flag, **kw)
+
+
+def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None):
+    """Defaults < YAML file < flags given on the command line."""
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(load_yaml(config_path))
+    names = {f.name for f in fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return from_dict(cls, values, source=str(config_path or "command line"))
+
+
+def dump_yaml(config) -> str:
+    """YAML text of a config, keys in field order."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

@@ -1,0 +1,171 @@
+"""One flat ``keras.Model``: backbone layers inlined, then a named dense head.
+
+Because the backbone is not nested as a sub-model, every inner layer (``block4_conv3``, ``conv4_block6_out``...)
+is reachable by name on the returned model for freezing, Grad-CAM, CKA and feature export.
+
+Head layer names: ``global_pool``, ``head_dense_1``, ``head_dropout_1``, ..., ``predictions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from . import backbones
+from .errors import ConfigError
+
+HEAD_PREFIXES = ("global_pool", "head_", "predictions")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The dense head: widths of the hidden Dense+ReLU layers, L2 on their kernels, dropout after each."""
+
+    widths: tuple[int, ...] = (512, 256)
+    dropout: float = 0.5
+    l2: float = 0.0
+    pooling: str = "avg"
+
+    @classmethod
+    def parse(cls, head: str | Sequence[int] | None, **kwargs) -> "HeadSpec":
+        """Accept ``"512,256"``, ``[512, 256]``, ``""``/``"none"`` (linear classifier on pooled features)."""
+        if head is None or (isinstance(head, str) and head.strip().lower() in ("", "none", "linear")):
+            widths: tuple[int, ...] = ()
+        elif isinstance(head, str):
+            try:
+                widths = tuple(int(w) for w in head.split(",") if w.strip())
+            except ValueError:
+                raise ConfigError(f"--head must be comma-separated layer widths like 512,256. Received: head={head!r}")
+        else:
+            widths = tuple(int(w) for w in head)
+        if any(w <= 0 for w in widths):
+            raise ConfigError(f"head widths must be positive. Received: head={head!r}")
+        return cls(widths=widths, **kwargs)
+
+
+def is_head_layer(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    *,
+    image_size: int | None = None,
+    weights: str | None = "imagenet",
+    head: HeadSpec | str | Sequence[int] | None = None,
+    dropout: float = 0.5,
+    l2: float = 0.0,
+    freeze_until: str | None = None,
+    alpha: float = 1.0,
+    pooling: str = "avg",
+    variable_shape: bool = False,
+):
+    """Build backbone + head as one flat model.
+
+    Args:
+        arch: registry name (``vgg16``, ``resnet50``, ``efficientnetb0``, ``mobilenet``...).
+        num_classes: outputs of the softmax.
+        image_size: square input side; None uses the registry default.
+        weights: ``imagenet``, ``none`` or a weights file path.
+        head: a :class:`HeadSpec`, or widths as ``"512,256"``; ``dropout``, ``l2`` and ``pooling`` apply when a
+            spec is not given.
+        freeze_until: block name (that block and every earlier one are frozen), ``none``/None (train all),
+            ``all`` (head only) or ``auto`` (the registry's ``default_freeze`` for the arch).
+        alpha: MobileNet width multiplier.
+        variable_shape: accept any input height and width (``(None, None, 3)``).
+
+    Returns:
+        A compiled-ready (not compiled) ``keras.Model`` named ``<arch>_transfer``.
+    """
+    import keras
+    from keras import layers, regularizers
+
+    spec = backbones.get(arch)
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}")
+    if not isinstance(head, HeadSpec):
+        head = HeadSpec.parse(head if head is not None else (512, 256), dropout=dropout, l2=l2, pooling=pooling)
+    size = image_size or spec.default_size
+    if size < spec.min_size:
+        raise ConfigError(f"{arch} needs images of at least {spec.min_size} px. Received: image_size={size}")
+    input_shape = (None, None, 3) if variable_shape else (size, size, 3)
+    base = spec.build(weights=weights, input_shape=input_shape, alpha=alpha)
+    x = base.get_layer(spec.feature_layer).output
+    if head.pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    elif head.pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="global_pool")(x)
+    else:
+        raise ConfigError(f"pooling must be 'avg' or 'max'. Received: pooling={head.pooling!r}")
+    reg = regularizers.L2(head.l2) if head.l2 else None
+    for i, width in enumerate(head.widths, start=1):
+        x = layers.Dense(width, activation="relu", kernel_regularizer=reg, name=f"head_dense_{i}")(x)
+        if head.dropout:
+            x = layers.Dropout(head.dropout, name=f"head_dropout_{i}")(x)
+    # float32 softmax keeps mixed-precision training numerically safe.
+    outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, name="predictions", dtype="float32")(x)
+    model = keras.Model(base.inputs, outputs, name=f"{spec.name}_transfer")
+    set_trainable(model, arch, freeze_until)
+    return model
+
+
+def embedding_layer_name(model) -> str:
+    """Default embedding layer: the last hidden head layer, else the pooled backbone features."""
+    dense = [layer.name for layer in model.layers if layer.name.startswith("head_dense_")]
+    return dense[-1] if dense else "global_pool"
+
+
+def backbone_layers(model) -> list:
+    return [layer for layer in model.layers if not is_head_layer(layer.name)]
+
+
+def frozen_boundary(model, arch: str, freeze_until: str | None) -> int:
+    """Index in ``model.layers`` of the last frozen layer (-1 when nothing is frozen).
+
+    ``model.layers`` is topologically ordered, so "up to the last layer of block B" also covers the unnamed
+    layers (input, padding) in between and the residual branches of earlier blocks.
+    """
+    spec = backbones.get(arch)
+    key = "none" if freeze_until is None else str(freeze_until).lower()
+    if key == "auto":
+        freeze_until = key = spec.default_freeze
+    layers = model.layers
+    if key == "none":
+        return -1
+    if key in ("all", "backbone"):
+        return max(i for i, layer in enumerate(layers) if not is_head_layer(layer.name))
+    spec.check_block(freeze_until)
+    idx = [i for i, layer in enumerate(layers) if spec.block_of(layer.name) == freeze_until]
+    if not idx:
+        raise ConfigError(f"block {freeze_until!r} has no layer in model {model.name!r}")
+    return max(idx)
+
+
+def set_trainable(model, arch: str, freeze_until: str | None) -> list[str]:
+    """Freeze ``freeze_until`` and every earlier block; BatchNormalization always stays frozen.
+
+    Keras 3 runs a non-trainable BatchNormalization in inference mode (moving statistics), which is what
+    fine-tuning on small batches needs. Recompile the model after calling this.
+
+    Returns:
+        Names of the trainable layers that have weights.
+    """
+    from keras import layers as klayers
+
+    boundary = frozen_boundary(model, arch, freeze_until)
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, klayers.BatchNormalization):
+            layer.trainable = False
+        else:
+            layer.trainable = i > boundary
+    return [layer.name for layer in model.layers if layer.trainable and layer.weights]
+
+
+def trainable_summary(model) -> dict:
+    """Counts of trainable / frozen parameters, for the run log."""
+    import numpy as np
+
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return {"trainable_params": trainable, "frozen_params": frozen}

@@ -1,0 +1,114 @@
+"""Registry-wide: every backbone builds flat, freezes by block name, keeps BatchNormalization frozen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mame_transfer import backbones
+from mame_transfer.errors import ConfigError, WeightsError
+from mame_transfer.model import build_model, embedding_layer_name, is_head_layer, set_trainable
+
+ARCHS = list(backbones.PRODUCT_ARCHS) + ["test_tiny"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_registry_entry_builds_flat_model_and_freezes_by_block(arch):
+    import keras
+
+    spec = backbones.get(arch)
+    alpha = 0.25 if spec.accepts_alpha else 1.0
+    model = build_model(arch, 4, image_size=32, weights=None, head="16,8", alpha=alpha, freeze_until="none")
+    assert model.output_shape == (None, 4)
+    # Flat: no nested keras.Model among the layers, every block reachable by name.
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert model.get_layer(spec.feature_layer).output.shape[-1] == spec.dim(alpha)
+    assert [layer.name for layer in model.layers if is_head_layer(layer.name)] == [
+        "global_pool", "head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "predictions"]
+    assert embedding_layer_name(model) == "head_dense_2"
+    names = [layer.name for layer in model.layers]
+    for block in spec.blocks:
+        assert any(block.matches(n) for n in names), f"{arch}: block {block.name} matches no layer"
+
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for b, block in enumerate(spec.block_names):
+        set_trainable(model, arch, block)
+        for layer in model.layers:
+            owner = spec.block_of(layer.name)
+            if isinstance(layer, keras.layers.BatchNormalization):
+                assert not layer.trainable
+            elif is_head_layer(layer.name):
+                assert layer.trainable, f"{arch} freeze {block}: head layer {layer.name} frozen"
+            elif owner is not None:
+                expected = spec.block_names.index(owner) > b
+                assert layer.trainable == expected, f"{arch} freeze {block}: {layer.name} trainable={layer.trainable}"
+    set_trainable(model, arch, "all")
+    assert all(not l.trainable for l in model.layers if not is_head_layer(l.name))
+    set_trainable(model, arch, "none")
+    assert all(l.trainable for l in model.layers if l.weights and l not in bn
+               and not isinstance(l, keras.layers.Normalization))
+    assert all(not l.trainable for l in bn)
+
+
+def test_forward_pass_shapes_on_batch():
+    model = build_model("test_tiny", 3, image_size=32, weights=None, head="8")
+    out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32") * 255, verbose=0)
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unknown_block_and_arch_are_named():
+    with pytest.raises(ConfigError, match=r"vgg16 has no block 'block9'.*block1, block2"):
+        build_model("vgg16", 3, image_size=32, weights=None, freeze_until="block9")
+    with pytest.raises(ConfigError, match=r"unknown architecture 'vgg17'.*vgg16"):
+        backbones.get("vgg17")
+
+
+def test_auto_freeze_uses_registry_default():
+    model = build_model("test_tiny", 3, image_size=32, weights=None, freeze_until="auto")
+    assert not model.get_layer("block1_conv1").trainable
+    assert model.get_layer("block2_conv1").trainable
+
+
+def test_head_options():
+    model = build_model("test_tiny", 3, image_size=32, weights=None, head="none", pooling="max", l2=0.1)
+    assert embedding_layer_name(model) == "global_pool"
+    assert model.get_layer("predictions").kernel_regularizer is not None
+    with pytest.raises(ConfigError, match="comma-separated"):
+        build_model("test_tiny", 3, image_size=32, weights=None, head="big")
+
+
+def test_offline_imagenet_error_names_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "_keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr(backbones, "_host_reachable", lambda url, timeout=4.0: False)
+    with pytest.raises(WeightsError) as err:
+        build_model("vgg16", 3, image_size=32, weights="imagenet")
+    msg = str(err.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert str(tmp_path / "models") in msg and "KERAS_HOME" in msg and "--weights none" in msg
+
+
+def test_missing_weights_path_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="nowhere.h5"):
+        build_model("test_tiny", 3, image_size=32, weights=str(tmp_path / "nowhere.h5"))
+
+
+def test_real_imagenet_weights_from_keras_home(keras_home):
+    """Genuine MobileNet(0.25) ImageNet weights: the cached file is found at call time and classifies."""
+    import keras
+
+    spec = backbones.get("mobilenet")
+    path = backbones.cached_weights(spec, alpha=0.25, size=224)
+    assert path is not None and path.parent == keras_home / "models"
+    model = build_model("mobilenet", 3, image_size=64, weights="imagenet", alpha=0.25, freeze_until="all")
+    reference = keras.applications.MobileNet(include_top=False, weights=None, alpha=0.25, input_shape=(64, 64, 3))
+    reference.load_weights(path)
+    got = model.get_layer("conv1").kernel.numpy()
+    np.testing.assert_array_equal(got, reference.get_layer("conv1").kernel.numpy())
+    assert np.abs(got).sum() > 0
+    # With the top, the ImageNet classifier must recognise a plain image as *something* consistently:
+    top = spec.build(weights="imagenet", include_top=True, alpha=0.25)
+    x = spec.preprocess(np.full((1, 224, 224, 3), 127.0, dtype="float32"))
+    probs = top.predict(x, verbose=0)
+    assert probs.shape == (1, 1000) and abs(float(probs.sum()) - 1) < 1e-3
