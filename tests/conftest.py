@@ -46,3 +46,36 @@ def keras_home(monkeypatch) -> Path:
     home = require(KERAS_HOME / "models" / "mobilenet_2_5_224_tf_no_top.h5", "offline MobileNet weights").parents[1]
     monkeypatch.setenv("KERAS_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_cache(tmp_path_factory):
+    """Keep the demo set (``--demo``) inside the test session's temporary folder."""
+    cache = tmp_path_factory.mktemp("mame_cache")
+    old = os.environ.get("MAME_TRANSFER_CACHE")
+    os.environ["MAME_TRANSFER_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("MAME_TRANSFER_CACHE", None)
+    else:
+        os.environ["MAME_TRANSFER_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_root(_demo_cache) -> Path:
+    """The built-in demo set (MAMe layout), generated once per test session."""
+    from mame_transfer import demo
+
+    return demo.ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_root, tmp_path_factory) -> Path:
+    """A finished 2-epoch run of the ``test_tiny`` backbone on the demo set (32 px), shared by read-only tests."""
+    from mame_transfer import finetune
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    code = finetune.main(["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "16",
+                          "--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--out", str(out), "--verbose", "0"])
+    assert code == 0
+    return out
