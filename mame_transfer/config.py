@@ -61,6 +61,8 @@ class TrainConfig:
     augment: bool = _f(True, "random flip and small rotation on training images")
     cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
+    strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
+                       ("default", "mirrored"))
     # --- output
     out: str | None = _f(None, "run directory (default saved_models/<arch>-<timestamp>)")
     runs_dir: str = _f("saved_models", "parent folder of run directories")

@@ -126,6 +126,25 @@ class _SmoothedSparseCE:
         return self._loss(y_true, y_pred, sample_weight=sample_weight)
 
 
+def make_strategy(name: str):
+    """``mirrored``: a ``tf.distribute.MirroredStrategy`` over every local GPU (or logical CPU device); else None."""
+    if name != "mirrored":
+        return None
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy()
+    log.info("MirroredStrategy over %d device(s): %s", strategy.num_replicas_in_sync,
+             ", ".join(strategy.extended.worker_devices))
+    return strategy
+
+
+def _scope(strategy):
+    """Build and compile under the strategy's scope, so weights and optimizer variables are mirrored."""
+    import contextlib
+
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------------------------- resume
 
 
@@ -293,10 +312,12 @@ def train(config: TrainConfig) -> Path:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
                  len(train_t), len(val_t), f" / test {len(dataset.split('test'))}" if "test" in dataset.subsets else "")
 
-        net = model_mod.build_model(config.arch, len(classes), image_size=config.image_size, weights=config.weights,
-                                    head=config.head, dropout=config.dropout, l2=config.l2,
-                                    freeze_until="all" if config.warmup_epochs else config.freeze_until,
-                                    alpha=config.alpha, pooling=config.pooling)
+        strategy = make_strategy(config.strategy)
+        with _scope(strategy):
+            net = model_mod.build_model(config.arch, len(classes), image_size=config.image_size,
+                                        weights=config.weights, head=config.head, dropout=config.dropout, l2=config.l2,
+                                        freeze_until="all" if config.warmup_epochs else config.freeze_until,
+                                        alpha=config.alpha, pooling=config.pooling)
         pipe = dict(image_size=config.image_size, preprocess=spec.preprocess, batch_size=config.batch_size,
                     seed=config.seed, cache=config.cache)
         train_ds = data.make_pipeline(train_t, training=True, augment=config.augment, **pipe)
@@ -321,7 +342,8 @@ def train(config: TrainConfig) -> Path:
             if start >= p_end or stopped:
                 continue
             model_mod.set_trainable(net, config.arch, freeze)
-            compile_model(net, config, len(classes), total_steps=steps * (p_end - p_start))
+            with _scope(strategy):  # optimizer variables must be mirrored like the model's
+                compile_model(net, config, len(classes), total_steps=steps * (p_end - p_start))
             restore = None
             if state and state["phase"] == phase and state["epoch"] >= p_start:
                 if not resume.restore_optimizer(net, state):
