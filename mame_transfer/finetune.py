@@ -99,8 +99,14 @@ def make_optimizer(config: TrainConfig, *, total_steps: int | None = None):
 def compile_model(model, config: TrainConfig, num_classes: int, *, total_steps: int | None = None):
     import keras
 
+    optimizer = make_optimizer(config, total_steps=total_steps)
+    if getattr(config, "block_lr", None):  # Lagunas & Garces: one learning rate per block group
+        from .methods import block_optimizer
+
+        optimizer = block_optimizer(model, config.arch, config.block_lr, config.lr, lambda lr: make_optimizer(
+            dataclasses.replace(config, lr=lr, block_lr=None), total_steps=total_steps))
     model.compile(
-        optimizer=make_optimizer(config, total_steps=total_steps),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy()
         if not config.label_smoothing else _SmoothedSparseCE(config.label_smoothing, num_classes),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
@@ -294,10 +300,11 @@ def train(config: TrainConfig) -> Path:
     """Fine-tune according to ``config``; returns the finished run directory."""
     import keras
 
-    from . import backbones, data, evaluate, model as model_mod, plots
+    from . import backbones, data, evaluate, methods, model as model_mod, plots, varshape
 
     config = resolved_config(config.validate())
     spec = backbones.get(config.arch)
+    methods.check_config(config)
     keras.utils.set_random_seed(config.seed)
     dataset = dataset_for(config)
     classes = dataset.classes
@@ -317,11 +324,20 @@ def train(config: TrainConfig) -> Path:
             net = model_mod.build_model(config.arch, len(classes), image_size=config.image_size,
                                         weights=config.weights, head=config.head, dropout=config.dropout, l2=config.l2,
                                         freeze_until="all" if config.warmup_epochs else config.freeze_until,
-                                        alpha=config.alpha, pooling=config.pooling)
+                                        alpha=config.alpha, pooling=config.pooling,
+                                        variable_shape=config.shape == "variable", keep_top=config.keep_top)
+            if config.init_from:  # double fine-tuning (Gonthier et al.)
+                methods.init_from_run(net, config.init_from, arch=config.arch, alpha=config.alpha)
+            methods.reinit_until(net, config.arch, config.reinit_until, seed=config.seed)
         pipe = dict(image_size=config.image_size, preprocess=spec.preprocess, batch_size=config.batch_size,
                     seed=config.seed, cache=config.cache)
-        train_ds = data.make_pipeline(train_t, training=True, augment=config.augment, **pipe)
-        val_ds = data.make_pipeline(val_t, training=False, augment=False, **pipe)
+        if config.shape == "variable":  # aspect kept, pixel budget, batches bucketed by aspect ratio
+            vs = dict(pixels=config.pixels, preprocess=spec.preprocess, batch_size=config.batch_size, seed=config.seed)
+            train_ds = varshape.make_pipeline(train_t, training=True, augment=config.augment, **vs)
+            val_ds = varshape.make_pipeline(val_t, training=False, **vs)
+        else:
+            train_ds = data.make_pipeline(train_t, training=True, augment=config.augment, **pipe)
+            val_ds = data.make_pipeline(val_t, training=False, augment=False, **pipe)
         steps = config.steps_per_epoch or int(np.ceil(len(train_t) / config.batch_size))
         if config.steps_per_epoch:
             train_ds = train_ds.repeat()
@@ -366,7 +382,8 @@ def train(config: TrainConfig) -> Path:
             ]
             history = net.fit(train_ds, validation_data=val_ds, epochs=p_end, initial_epoch=max(start, p_start),
                               steps_per_epoch=steps if config.steps_per_epoch else None,
-                              class_weight=cw, callbacks=callbacks, verbose=config.verbose)
+                              class_weight=cw, callbacks=callbacks, verbose=config.verbose,
+                              shuffle=False)  # the tf.data pipeline shuffles (seeded) itself
             es = tracked.get("early_stopping")
             if es is not None and es.stopped_epoch:
                 log.info("early stopping after epoch %d", es.stopped_epoch + 1)
@@ -404,12 +421,21 @@ def finish_run(net, config: TrainConfig, dataset, work: Path) -> dict:
     metrics = {}
     for split in splits:
         table = dataset.split(split)
+        options = evaluate.prediction_options(config)
         proba = evaluate.predict_proba(net, table, arch=config.arch, image_size=config.image_size,
-                                       batch_size=config.batch_size)
+                                       batch_size=config.batch_size, **options)
         metrics[split] = evaluate.write_split_artifacts(work, split, table, proba, dataset.classes,
                                                         final=split == splits[-1])
         log.info("%s: top-1 %.4f  top-5 %.4f  macro F1 %.4f", split, metrics[split]["top1"], metrics[split]["top5"],
                  metrics[split]["macro_f1"])
+        if getattr(config, "tta", "none") != "none":  # test-time augmentation, reported beside the plain scores
+            key = f"{split}_{config.tta}"
+            proba = evaluate.predict_proba(net, table, arch=config.arch, image_size=config.image_size,
+                                           batch_size=config.batch_size, **options, tta=config.tta,
+                                           patch_scales=config.patch_scales, patch_power=config.patch_power)
+            metrics[key] = evaluate.write_split_artifacts(work, key, table, proba, dataset.classes)
+            log.info("%s: top-1 %.4f  top-5 %.4f  macro F1 %.4f", key, metrics[key]["top1"], metrics[key]["top5"],
+                     metrics[key]["macro_f1"])
     write_json(work / "metrics.json", metrics)
     if (work / "history.csv").is_file():
         hist = pd.read_csv(work / "history.csv")
