@@ -407,3 +407,27 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
 
 def _table_hash(table) -> str:
     return hashlib.sha1("\n".join(table["path"].astype(str)).encode()).hexdigest()[:16]
+
+
+def phase_inputs(net, config, freeze: str, train_table, val_table, work_dir, train_ds, val_ds, *, epochs: int):
+    """What ``finetune`` fits in one phase: ``(model, train pipeline, val pipeline, path description)``.
+
+    Returns the full network and the image pipelines unchanged when the cache does not apply; the description
+    says which path runs and why (it goes to the run log).
+    """
+    from . import backbones, model as model_mod
+
+    if getattr(config, "shape", "fixed") != "fixed":
+        return net, train_ds, val_ds, "full network (--shape variable: image sizes differ between batches)"
+    boundary = model_mod.frozen_boundary(net, config.arch, freeze)
+    plan = plan_phase(net, boundary, mode=config.prefix_cache, n_train=len(train_table), n_val=len(val_table),
+                      augment=config.augment, augment_copies=config.augment_copies, epochs=epochs,
+                      dtype=config.cache_dtype, disk_dir=work_dir)
+    if plan.path == "full":
+        return net, train_ds, val_ds, f"full network ({plan.reason})"
+    phase = build_phase(plan, train_table=train_table, val_table=val_table, image_size=config.image_size,
+                        preprocess=backbones.get(config.arch).preprocess, batch_size=config.batch_size,
+                        seed=config.seed, augment=config.augment, dtype=config.cache_dtype, cache_dir=work_dir,
+                        jit_compile=config.jit_compile, steps_repeat=bool(config.steps_per_epoch))
+    return phase.model, phase.train_ds, phase.val_ds, (f"{plan.path} prefix cache ({plan.reason}; filled in "
+                                                       f"{phase.fill_seconds:.1f} s)")

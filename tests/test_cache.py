@@ -123,3 +123,23 @@ def test_plan_phase_paths_and_reasons(tmp_path):
     assert plan.path == "cached-memory" and plan.copies == 2
     assert cache.plan_phase(net, -1, mode="auto", augment=False, augment_copies=0, **common).path == "full"
     assert cache.plan_phase(net, b, mode="off", augment=False, augment_copies=0, **common).reason == "--prefix-cache off"
+
+
+def test_finetune_logs_the_path_and_trains_on_the_cache(demo_root, tmp_path):
+    import json
+
+    from mame_transfer import evaluate, finetune
+
+    args = ["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "16",
+            "--batch-size", "16", "--lr", "3e-3", "--verbose", "0", "--freeze-until", "block2"]
+    out = tmp_path / "cached"
+    assert finetune.main(args + ["--no-augment", "--epochs", "3", "--warmup-epochs", "1", "--prefix-cache", "disk",
+                                 "--cache-dtype", "float16", "--out", str(out)]) == 0
+    log = (out / "run.log").read_text()
+    assert "freeze until all" in log and "path: cached-disk prefix cache (layers up to 'global_pool'" in log
+    assert "freeze until block2" in log and "path: cached-disk prefix cache (layers up to 'block2_pool'" in log
+    assert not (out / "prefix_cache").exists()
+    # The saved full model reproduces the metrics computed during the run.
+    saved = json.loads((out / "metrics.json").read_text())["val"]
+    assert evaluate.main([str(out), "--split", "val", "--out", str(tmp_path / "ev"), "--verbose", "0"]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["val"]["top1"] == pytest.approx(saved["top1"])
