@@ -63,6 +63,26 @@ class TrainConfig:
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
     strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
                        ("default", "mirrored"))
+    # --- speed (see mame_transfer.cache)
+    prefix_cache: str = _f("auto", "compute the frozen layers once per image and train the rest on the cached "
+                           "tensors: auto (memory if it fits, else disk), off, memory, disk",
+                           ("auto", "off", "memory", "disk"))
+    cache_dtype: str = _f("float32", "dtype of the prefix cache (float16 halves its size)", ("float32", "float16"))
+    augment_copies: int = _f(0, "with --augment and the prefix cache: augmented views cached per image "
+                             "(0 = train the full network when augmenting)")
+    mixed_precision: str = _f("none", "Keras dtype policy (GPU: mixed_float16; TPU/recent CPU: mixed_bfloat16); "
+                              "the softmax stays float32", ("none", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: bool = _f(False, "compile train/predict steps with XLA")
+    # --- transfer methods (see mame_transfer.methods, tta, varshape)
+    reinit_until: str = _f("none", "re-initialise this block and every earlier one (Lagunas & Garces 2018)")
+    block_lr: str | None = _f(None, "per-block learning rates, e.g. 'block1-block3:1e-2,block4-block5:1e-4,head:1e-2'")
+    init_from: str | None = _f(None, "start from the backbone of this finished run, new head (double fine-tuning)")
+    keep_top: bool = _f(False, "VGG: keep the ImageNet FC6/FC7 layers (fc1, fc2) under the new head (224 px)")
+    shape: str = _f("fixed", "fixed: square resize; variable: aspect kept, --pixels budget", ("fixed", "variable"))
+    pixels: int = _f(65536, "--shape variable: pixels per image (65536 = 256^2, 360000 = 600^2)")
+    tta: str = _f("none", "test-time augmentation of the final evaluation", ("none", "flip", "patches"))
+    patch_scales: str = _f("1.0,0.7,0.5", "--tta patches: patch sides as fractions of the short side")
+    patch_power: float = _f(5.0, "--tta patches: k in score(C) = mean over patches of y(C|P)^k")
     # --- output
     out: str | None = _f(None, "run directory (default saved_models/<arch>-<timestamp>)")
     runs_dir: str = _f("saved_models", "parent folder of run directories")
@@ -182,3 +202,36 @@ def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None):
 def dump_yaml(config) -> str:
     """YAML text of a config, keys in field order."""
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def options_markdown(cls=TrainConfig) -> str:
+    """The README's options table, generated from the dataclass so it cannot drift from the code."""
+    rows = ["| flag / YAML key | default | meaning |", "|---|---|---|"]
+    for f in fields(cls):
+        choices = f.metadata.get("choices")
+        text = f.metadata.get("help", "").replace("|", "\\|")
+        if choices:
+            text += f" ({' / '.join(choices)})"
+        rows.append(f"| `--{f.name.replace('_', '-')}` / `{f.name}` | `{f.default}` | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+def update_readme(path: str | Path, cls=TrainConfig) -> bool:
+    """Rewrite the options table between the README's markers; returns True when it changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    start, end = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
+    i, j = text.index(start) + len(start), text.index(end)
+    new = text[:i] + options_markdown(cls) + text[j:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m mame_transfer.config [README.md]: print or refresh the options table
+    import sys
+
+    if len(sys.argv) > 1:
+        print("updated" if update_readme(sys.argv[1]) else "up to date")
+    else:
+        print(options_markdown(), end="")

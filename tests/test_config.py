@@ -57,3 +57,11 @@ def test_choices_are_enforced_by_parser():
     args = argparse.Namespace(optimizer="lion")
     with pytest.raises(ConfigError, match="optimizer must be one of adam, adamw, sgd"):
         cfg.resolve(TrainConfig, args).validate()
+
+
+def test_readme_options_table_matches_the_code():
+    """The README lists every option with its default; refresh with `python -m mame_transfer.config README.md`."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert cfg.options_markdown() in readme
