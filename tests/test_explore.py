@@ -1,0 +1,213 @@
+"""Similarity explorer: neighbour maths, site files, bad input, and click-through in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from browser import open_page
+from mame_transfer import explore, features
+from mame_transfer.errors import ConfigError, DataError
+
+HOSTILE_LABEL = '<script>window.__pwned=1</script>"quoted\' label'
+HOSTILE_NAME = 'x"><img src=x onerror="window.__pwned=2">\'</script>.jpg'
+
+
+# ------------------------------------------------------------------------------------------------- numerics
+
+
+def test_knn_matches_brute_force_across_blocks():
+    rng = np.random.default_rng(1)
+    unit = explore.normalize(rng.normal(size=(53, 7)))
+    ids, scores = explore.knn(unit, 4, block=10)  # several blocks, last one partial
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.argsort(-sims, axis=1)[:, :4]
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, want, axis=1), rtol=1e-6)
+    assert (ids != np.arange(53)[:, None]).all()
+    assert (np.diff(scores, axis=1) <= 0).all()
+    # k larger than the collection is capped at n - 1
+    assert explore.knn(unit[:3], 10)[0].shape == (3, 2)
+    with pytest.raises(DataError, match="at least 2 items"):
+        explore.knn(unit[:1], 3)
+
+
+def test_precision_at_k_literal():
+    labels = ["a", "a", "b", "b"]
+    ids = np.array([[1, 2], [0, 3], [0, 1], [2, -1]])
+    table = explore.precision_at_k(labels, ids, [1, 2], ["a", "b"])
+    assert table.loc["a", "P@1"] == 1.0 and table.loc["a", "P@2"] == 0.5
+    assert table.loc["b", "P@1"] == 0.5 and table.loc["b", "P@2"] == 0.25  # -1 (no neighbour) counts as a miss
+    assert table.loc["all", "n"] == 4 and table.loc["all", "P@1"] == 0.75
+
+
+def test_projection_quantization_error_is_small_and_measured():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(5, 256))
+    unit = explore.normalize(centres[rng.integers(0, 5, 400)] + 0.5 * rng.normal(size=(400, 256)))
+    q, scale = explore.quantize(unit @ explore.project(unit, 32))
+    assert q.dtype == np.int8 and q.shape == (400, 32)
+    err = explore.approx_error(unit, q, scale)
+    assert err["mean_abs_error"] < 0.05 and err["mean_pearson_r"] > 0.95
+    # dims beyond the embedding size keep everything: only int8 rounding remains
+    q2, s2 = explore.quantize(unit @ explore.project(unit, 512))
+    assert explore.approx_error(unit, q2, s2)["max_abs_error"] < 0.02
+
+
+# ------------------------------------------------------------------------------------------------- stores
+
+
+def _synthetic_store(path, images, labels, paths, dim=24, seed=0, classes=None):
+    """A store whose embeddings cluster by label (so neighbours mostly agree)."""
+    rng = np.random.default_rng(seed)
+    classes = classes or sorted(set(labels))
+    idx = np.array([classes.index(c) for c in labels])
+    emb = (8 * np.eye(len(classes), dim)[idx] + rng.normal(size=(len(labels), dim))).astype(np.float32)
+    meta = pd.DataFrame({"image": images, "path": paths, "label": labels, "label_index": idx,
+                         "subset": "train", "museum": "Met", "width": 50, "height": 40,
+                         "product_size": 2000, "aspect_ratio": 1.25})
+    manifest = {"arch": "synthetic", "alpha": None, "weights": None, "run": None, "layer": "x", "image_size": 32,
+                "preprocessing": "none", "classes": classes}
+    return features.write_store(path, manifest=manifest, splits={"train": (emb, meta)})
+
+
+@pytest.fixture(scope="module")
+def demo_stores(demo_root, tmp_path_factory):
+    """Two stores of the demo set: test_tiny features (32 px) and a second store of the same images."""
+    from mame_transfer import data
+
+    base = tmp_path_factory.mktemp("explore_stores")
+    ds = data.load_dataset(demo_root)
+    store = features.export(base / "tiny", ds, arch="test_tiny", weights=None, image_size=32, batch_size=64,
+                            verbose=0)
+    table = pd.concat([store.metadata(s) for s in store.splits], ignore_index=True)
+    other = _synthetic_store(base / "other", table["image"].tolist(), table["label"].tolist(),
+                             table["path"].tolist(), classes=store.classes)
+    return store, other
+
+
+# ------------------------------------------------------------------------------------------------- browser
+
+
+def test_click_through_in_chromium(demo_stores, tmp_path):
+    store, other = demo_stores
+    site = explore.build_site(store, tmp_path / "site", k=5, compare=other)
+    assert site.missing == [] and site.n == sum(store.manifest["splits"][s]["n"] for s in store.splits)
+    assert set(site.quality.index) == set(store.classes) | {"all"}
+    assert site.quality_compare.loc["all", "P@5"] > 0.9  # the clustered second store retrieves its labels
+    assert (tmp_path / "site" / "precision_at_k.csv").is_file()
+
+    with explore.serving(site.path) as url, open_page(url) as view:
+        page = view.page
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.locator("#grid figure.thumb").count() == 60  # first page of the paged grid
+        page.click("#grid figure.thumb >> nth=7")
+        page.wait_for_selector("#neighbours[data-count='5']")
+        assert page.locator("#neighbours figure").count() == 5
+        scores = [float(s) for s in page.locator("#neighbours .score").all_inner_texts()]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+        assert "share the label" in page.inner_text("#nbr-summary")
+        assert page.locator("#neighbours-b figure").count() == 5  # --compare column, same query
+        page.wait_for_selector("#hist[data-rendered='7']")
+        drawn = page.evaluate("""() => { const c = document.getElementById('hist');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+        assert drawn > 1000
+        assert "nearest neighbours" in page.inner_text("#hist-caption")
+        # compare queries: pin this one, move on to a neighbour, both distributions are overlaid
+        page.click("#pin")
+        page.wait_for_selector("#unpin:not([hidden])")
+        first = page.get_attribute("#neighbours figure >> nth=0", "data-id")
+        page.click("#neighbours figure >> nth=0")
+        page.wait_for_selector(f"#hist[data-rendered='{first}']")
+        page.wait_for_selector("#hist-caption:has-text('query B')")
+        view.screenshot(tmp_path / "explorer.png")
+        # browse filters: class and file-name search narrow the grid
+        n_class = sum(int(store.metadata(s)["label"].eq(store.classes[1]).sum()) for s in store.splits)
+        page.select_option("#f-class", "1")
+        assert page.inner_text("#count").startswith(f"{n_class} of ")
+        page.select_option("#f-class", "")
+        name = store.metadata("val")["image"].iloc[0]
+        page.fill("#f-search", name)
+        page.wait_for_function("() => document.getElementById('count').textContent.startsWith('1 of')")
+        # per-class table: one row per class + overall, weakest first
+        page.click("button[data-tab='quality']")
+        rows = page.locator("#quality-table tbody tr")
+        assert rows.count() == len(store.classes) + 1
+        values = [float(v) for v in page.locator("#quality-table tbody tr:not(.all) td:nth-child(6)").all_inner_texts()]
+        assert values == sorted(values)
+        view.assert_clean()
+    assert (tmp_path / "explorer.png").stat().st_size > 10_000
+
+
+def test_missing_images_and_hostile_names(tmp_path, demo_root):
+    real = sorted((demo_root / "data_256").glob("*.jpg"))[:9]
+    images = [p.name for p in real] + [HOSTILE_NAME, "gone.jpg"]
+    labels = ["plain"] * 5 + [HOSTILE_LABEL] * 6
+    paths = [str(p) for p in real] + [str(real[0]), str(tmp_path / "gone.jpg")]
+    paths[3] = ""  # no path at all
+    store = _synthetic_store(tmp_path / "store", images, labels, paths)
+    with pytest.warns(explore.ExplorerWarning, match=r"2 of 11 image file\(s\).*gone\.jpg"):
+        site = explore.build_site(store, tmp_path / "site", k=3)
+    assert len(site.missing) == 2
+    for f in (tmp_path / "site" / "data").rglob("*.js"):
+        text = f.read_text()
+        assert "<" not in text and ">" not in text, f  # nothing in a data file can open or close a tag
+    idx = images.index(HOSTILE_NAME)
+    with open_page(tmp_path / "site" / "index.html") as view:  # file://, no server
+        page = view.page
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.locator("#grid .placeholder").count() == 2
+        page.click(f"#grid figure[data-id='{idx}']")
+        page.wait_for_selector("#neighbours[data-count='3']")
+        page.wait_for_selector(f"#hist[data-rendered='{idx}']")
+        assert HOSTILE_NAME in page.inner_text("#query")  # shown literally, as text
+        assert HOSTILE_LABEL in page.inner_text("#query")
+        page.click("button[data-tab='quality']")
+        assert HOSTILE_LABEL in page.inner_text("#quality-table")
+        page.click("button[data-tab='about']")
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("img[src='x']").count() == 0
+        view.assert_clean()
+
+
+# ------------------------------------------------------------------------------------------------- CLI, serving
+
+
+def test_cli_build_reuse_and_local_server(tmp_path, demo_root, capsys):
+    real = sorted((demo_root / "data_256").glob("*.jpg"))[:12]
+    labels = ["a", "b", "c"] * 4
+    _synthetic_store(tmp_path / "store", [p.name for p in real], labels, [str(p) for p in real])
+    out = tmp_path / "site"
+    assert explore.main([str(tmp_path / "store"), "--out", str(out), "--k", "4", "--pca-dim", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "P@4" in printed and "index.html" in printed
+    build = json.loads((out / "build.json").read_text())
+    assert build["n"] == 12 and build["k"] == 4 and build["approx"]["dim"] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = explore.build_site(tmp_path / "store", out, k=4, pca_dim=8, reuse=True)
+    assert again.reused
+    assert not explore.build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True).reused  # options changed
+    with explore.serving(out) as url:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "data/meta.js") as resp:
+            assert resp.read().startswith(b'MAMEX.put("meta",')
+
+
+def test_bad_arguments(tmp_path, demo_root):
+    real = sorted((demo_root / "data_256").glob("*.jpg"))[:4]
+    store = _synthetic_store(tmp_path / "a", [p.name for p in real], ["a", "b"] * 2, [str(p) for p in real])
+    other = _synthetic_store(tmp_path / "b", ["other1.jpg", "other2.jpg"], ["a", "b"], ["", ""])
+    with pytest.raises(ConfigError, match="k=0"):
+        explore.build_site(store, tmp_path / "s", k=0)
+    with pytest.raises(DataError, match=r"--compare .*only 0 of 4 images"):
+        explore.build_site(store, tmp_path / "s", k=2, compare=other, thumbnails=False)
+    assert not (tmp_path / "s").exists()
+    assert explore.main([str(tmp_path / "missing_store"), "--out", str(tmp_path / "s")]) == 2
