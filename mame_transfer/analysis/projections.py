@@ -1,0 +1,246 @@
+"""2-D / 3-D projections of a feature store: PCA, t-SNE, UMAP.
+
+As in the MAMe study of Becerra & Corsiglia, a stratified sample (about 100 points per class) is projected; 2-D
+projections become a PNG scatter coloured by class, 3-D projections a self-contained HTML page (a small canvas
+renderer, no CDN) that rotates with the mouse and shows file and class on hover. A projection is fitted on one
+split and can be applied to another (PCA and UMAP have ``transform``; t-SNE does not).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..errors import ConfigError
+
+METHODS = ("pca", "tsne", "umap")
+
+
+@dataclass
+class Projection:
+    """Projected points and what produced them.
+
+    Attributes:
+        coords: ``{split: [n, dims]}``.
+        meta: ``{split: metadata rows}`` (row i <-> coords row i).
+        explained_variance_ratio: PCA only, one value per component.
+    """
+
+    method: str
+    dims: int
+    fit_split: str
+    coords: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    explained_variance_ratio: list | None = None
+
+
+def make_estimator(method: str, dims: int, *, seed: int = 0, n: int | None = None, perplexity: float = 30.0,
+                   n_neighbors: int = 15):
+    """The scikit-learn / umap-learn estimator for ``method``."""
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}. Received: method={method!r}")
+    if dims not in (2, 3):
+        raise ConfigError(f"dims must be 2 or 3. Received: dims={dims}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=dims, random_state=seed)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perp = min(perplexity, max(2.0, (n - 1) / 3.0)) if n else perplexity
+        return TSNE(n_components=dims, perplexity=perp, init="pca", random_state=seed)
+    import umap
+
+    return umap.UMAP(n_components=dims, n_neighbors=min(n_neighbors, max(2, (n or 16) - 1)), random_state=seed)
+
+
+def project(embeddings: dict, meta: dict, *, method: str, dims: int, fit_split: str,
+            apply_splits: Sequence[str] = (), per_class: int | None = 100, seed: int = 0,
+            standardize: bool = False) -> Projection:
+    """Fit a projection on a stratified sample of ``fit_split`` and optionally apply it to other splits.
+
+    Args:
+        embeddings: ``{split: [n, d] array}``; meta: ``{split: DataFrame with a label column}``.
+        per_class: rows kept per class in every split (None: all).
+        standardize: z-score features (fitted on the fit split) before projecting.
+
+    Raises:
+        ConfigError: t-SNE asked to transform another split (it has no out-of-sample mapping).
+    """
+    apply_splits = [s for s in apply_splits if s != fit_split]
+    if method == "tsne" and apply_splits:
+        raise ConfigError(f"t-SNE has no transform for unseen points, so it cannot be fitted on {fit_split!r} and "
+                          f"applied to {', '.join(apply_splits)}. Use --method pca or umap, or project each split "
+                          f"on its own (--split {apply_splits[0]}).")
+    for s in [fit_split, *apply_splits]:
+        if s not in embeddings:
+            raise ConfigError(f"no {s!r} split to project (present: {', '.join(embeddings)})")
+    picked = {}
+    for s in [fit_split, *apply_splits]:
+        rows = _sample(meta[s]["label"].to_numpy(), per_class, seed)
+        picked[s] = (np.asarray(embeddings[s][rows], dtype=np.float64), meta[s].iloc[rows].reset_index(drop=True))
+    x_fit = picked[fit_split][0]
+    if len(x_fit) <= dims:
+        raise ConfigError(f"{len(x_fit)} points in {fit_split!r} are too few for a {dims}-D projection")
+    mean, std = (x_fit.mean(0), x_fit.std(0) + 1e-8) if standardize else (0.0, 1.0)
+    est = make_estimator(method, dims, seed=seed, n=len(x_fit))
+    out = Projection(method, dims, fit_split)
+    out.coords[fit_split] = np.asarray(est.fit_transform((x_fit - mean) / std))
+    out.meta[fit_split] = picked[fit_split][1]
+    for s in apply_splits:
+        out.coords[s] = np.asarray(est.transform((picked[s][0] - mean) / std))
+        out.meta[s] = picked[s][1]
+    if method == "pca":
+        out.explained_variance_ratio = [float(v) for v in est.explained_variance_ratio_]
+    return out
+
+
+def _sample(labels, per_class, seed):
+    from .sources import stratified_sample
+
+    return stratified_sample(labels, per_class, seed=seed)
+
+
+def _palette(n: int) -> list[str]:
+    """Distinct hex colours: tab10 / tab20, evenly spaced hues beyond 20 classes (MAMe has 29)."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        rgb = [cmap(i)[:3] for i in range(n)]
+    else:
+        cmap = colormaps["hsv"]
+        rgb = [cmap(i / n)[:3] for i in range(n)]
+    return ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in col) for col in rgb]
+
+
+def scatter_figure(coords: np.ndarray, labels: Sequence[str], classes: Sequence[str], *,
+                   title: str = "", marker_of: Sequence[str] | None = None) -> Figure:
+    """2-D scatter coloured by class with a legend (``marker_of``: split name per point, drawn with o / ^ / s)."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ConfigError(f"scatter_figure needs [n, 2] coordinates. Received shape {coords.shape}")
+    labels = np.asarray(labels)
+    colors = _palette(len(classes))
+    fig = Figure(figsize=(8.5, 6.5))
+    ax = fig.add_subplot()
+    groups = np.asarray(marker_of) if marker_of is not None else np.full(len(labels), "")
+    markers = dict(zip(pd.unique(groups), "o^sDv"))
+    for g, mk in markers.items():
+        for i, c in enumerate(classes):
+            sel = (labels == c) & (groups == g)
+            if sel.any():
+                ax.scatter(coords[sel, 0], coords[sel, 1], s=14, c=colors[i], marker=mk, alpha=0.8,
+                           label=f"{c}{f' ({g})' if g else ''}", edgecolors="none")
+    ax.legend(fontsize=7, markerscale=1.4, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def explained_variance_figure(ratios: Sequence[float], *, title: str = "PCA explained variance") -> Figure:
+    """Bars of each component's explained-variance ratio and the cumulative curve."""
+    r = np.asarray(ratios, float)
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    x = np.arange(1, len(r) + 1)
+    ax.bar(x, r, color="#4477aa", label="component")
+    ax.plot(x, np.cumsum(r), "-o", color="#ee6677", label="cumulative")
+    ax.set_xticks(x)
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("explained variance ratio")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
+header{padding:8px 14px;font-size:15px}
+#wrap{display:flex}
+canvas{background:#fff;border:1px solid #ddd;cursor:grab;margin-left:14px}
+#legend{padding:0 14px;font-size:13px;max-height:640px;overflow:auto}
+#legend div{cursor:pointer;margin:2px 0;white-space:nowrap}
+#legend span{display:inline-block;width:11px;height:11px;margin-right:6px;border-radius:6px}
+#tip{position:fixed;pointer-events:none;background:#222;color:#fff;padding:4px 7px;border-radius:4px;font-size:12px;
+display:none;white-space:nowrap}
+small{color:#666}
+</style></head><body>
+<header><b>__TITLE__</b> <small>drag to rotate, wheel to zoom, click a class to hide it, space toggles auto-rotation
+</small></header>
+<div id="wrap"><canvas id="c" width="760" height="640"></canvas><div id="legend"></div></div>
+<div id="tip"></div>
+<script>
+const DATA = __DATA__;
+(function(){
+const cv=document.getElementById('c'), ctx=cv.getContext('2d'), tip=document.getElementById('tip');
+const P=DATA.points, C=DATA.classes, COL=DATA.colors, hidden=new Set();
+let ry=0.6, rx=-0.35, zoom=1, auto=true, drag=null, proj=[];
+const leg=document.getElementById('legend');
+C.forEach((c,i)=>{const d=document.createElement('div');d.innerHTML='<span style="background:'+COL[i]+'"></span>'+
+  c.replace(/[&<>]/g,s=>({'&':'&amp;','<':'&lt;','>':'&gt;'}[s]));
+  d.onclick=()=>{hidden.has(i)?hidden.delete(i):hidden.add(i);d.style.opacity=hidden.has(i)?0.35:1;draw();};
+  leg.appendChild(d);});
+function draw(){
+  const w=cv.width,h=cv.height,s=Math.min(w,h)*0.42*zoom,cy=Math.cos(ry),sy=Math.sin(ry),cx=Math.cos(rx),sx=Math.sin(rx);
+  ctx.clearRect(0,0,w,h); proj=[];
+  for(let k=0;k<P.length;k++){const p=P[k]; if(hidden.has(p[3])) continue;
+    const x1=p[0]*cy+p[2]*sy, z1=-p[0]*sy+p[2]*cy, y2=p[1]*cx-z1*sx, z2=p[1]*sx+z1*cx;
+    proj.push([w/2+x1*s, h/2-y2*s, z2, k]);}
+  proj.sort((a,b)=>a[2]-b[2]);
+  for(const q of proj){const p=P[q[3]]; ctx.globalAlpha=0.55+0.4*(q[2]+1)/2; ctx.fillStyle=COL[p[3]];
+    ctx.beginPath(); ctx.arc(q[0],q[1],p[5]?4:3,0,6.283); ctx.fill();
+    if(p[5]){ctx.strokeStyle='#000';ctx.lineWidth=0.6;ctx.stroke();}}
+  ctx.globalAlpha=1;
+}
+cv.onmousedown=e=>{drag=[e.clientX,e.clientY];auto=false;cv.style.cursor='grabbing';};
+window.onmouseup=()=>{drag=null;cv.style.cursor='grab';};
+cv.onmousemove=e=>{
+  if(drag){ry+=(e.clientX-drag[0])*0.01; rx+=(e.clientY-drag[1])*0.01; drag=[e.clientX,e.clientY]; draw(); return;}
+  const r=cv.getBoundingClientRect(), mx=e.clientX-r.left, my=e.clientY-r.top; let best=null,bd=64;
+  for(const q of proj){const d=(q[0]-mx)**2+(q[1]-my)**2; if(d<bd){bd=d;best=q;}}
+  if(best){const p=P[best[3]]; tip.textContent=p[4]+'  |  '+C[p[3]]+(DATA.splits.length>1?'  |  '+DATA.splits[p[5]]:'');
+    tip.style.left=(e.clientX+12)+'px'; tip.style.top=(e.clientY+12)+'px'; tip.style.display='block';}
+  else tip.style.display='none';};
+cv.onmouseleave=()=>{tip.style.display='none';};
+cv.onwheel=e=>{e.preventDefault(); zoom*=e.deltaY<0?1.1:1/1.1; draw();};
+window.onkeydown=e=>{if(e.code==='Space'){auto=!auto;e.preventDefault();}};
+function tick(){if(auto){ry+=0.004;draw();} requestAnimationFrame(tick);}
+draw(); tick();
+window.__projection_ready=P.length;
+})();
+</script></body></html>
+"""
+
+
+def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[str], classes: Sequence[str], *,
+                   title: str = "3-D projection", split_of: Sequence[str] | None = None) -> str:
+    """A self-contained page rendering rotatable 3-D points (hover: file and class)."""
+    coords = np.asarray(coords, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise ConfigError(f"scatter3d_html needs [n, 3] coordinates. Received shape {coords.shape}")
+    centred = coords - coords.mean(axis=0) if len(coords) else coords
+    scale = np.abs(centred).max() if len(coords) and np.abs(centred).max() > 0 else 1.0
+    centred = centred / scale
+    index = {c: i for i, c in enumerate(classes)}
+    splits = list(pd.unique(np.asarray(split_of))) if split_of is not None else [""]
+    split_idx = {s: i for i, s in enumerate(splits)}
+    points = [[round(float(x), 4), round(float(y), 4), round(float(z), 4), index[lab], str(name),
+               split_idx[split_of[k]] if split_of is not None else 0]
+              for k, ((x, y, z), lab, name) in enumerate(zip(centred, labels, names))]
+    data = {"points": points, "classes": list(classes), "colors": _palette(len(classes)), "splits": splits}
+    # "</" is escaped so a file name can never close the script element.
+    payload = json.dumps(data).replace("</", "<\\/")
+    return _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
