@@ -78,13 +78,35 @@ def classification_report_text(metrics: dict, split: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def predict_proba(model, table: pd.DataFrame, *, arch: str, image_size: int, batch_size: int = 32,
-                  verbose: int = 0) -> np.ndarray:
-    """Class probabilities for every row of ``table`` (no augmentation, registry preprocessing)."""
-    from . import backbones, data
+def prediction_options(config) -> dict:
+    """The input-shape options of a run's config that prediction must reproduce (``shape``, ``pixels``)."""
+    return {"shape": getattr(config, "shape", "fixed"), "pixels": getattr(config, "pixels", 65536)}
 
+
+def predict_proba(model, table: pd.DataFrame, *, arch: str, image_size: int, batch_size: int = 32,
+                  verbose: int = 0, shape: str = "fixed", pixels: int = 65536, tta: str = "none",
+                  patch_scales: str = "1.0,0.7,0.5", patch_power: float = 5.0) -> np.ndarray:
+    """Class probabilities for every row of ``table`` (no augmentation, registry preprocessing).
+
+    Args:
+        shape: ``fixed`` (square ``image_size`` resize) or ``variable`` (aspect kept, about ``pixels`` pixels).
+        tta: ``none``; ``flip`` averages each image with its mirror image; ``patches`` is Oquab et al.'s
+            multi-patch scoring (:mod:`mame_transfer.tta`) at ``patch_scales`` with power ``patch_power``.
+    """
+    from . import backbones, data, tta as tta_mod, varshape
+
+    preprocess = backbones.get(arch).preprocess
+    if tta not in tta_mod.MODES:
+        raise ConfigError(f"tta must be one of {', '.join(tta_mod.MODES)}. Received: tta={tta!r}")
+    if tta == "patches":
+        return tta_mod.predict_patches(model, table, preprocess=preprocess, image_size=image_size,
+                                       scales=patch_scales, power=patch_power, batch_size=batch_size, verbose=verbose)
+    if shape == "variable":
+        return varshape.predict_proba(model, table, pixels=pixels, preprocess=preprocess, flip=tta == "flip")
     pipeline = data.make_pipeline(table, image_size=image_size, preprocess=backbones.get(arch).preprocess,
                                   batch_size=batch_size, training=False, augment=False, with_labels=False)
+    if tta == "flip":
+        return tta_mod.flip_average(model, pipeline)
     return np.asarray(model.predict(pipeline, verbose=verbose))
 
 
@@ -146,8 +168,12 @@ def align_to_classes(table: pd.DataFrame, classes: Sequence[str], source: str) -
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | None = None, toy: bool | None = None,
-                 out: str | Path | None = None, batch_size: int | None = None, verbose: int = 1) -> dict:
-    """Recompute metrics and plots of a saved run on ``split`` of its own dataset or of ``data_path``."""
+                 out: str | Path | None = None, batch_size: int | None = None, verbose: int = 1,
+                 tta: str = "none", patch_scales: str = "1.0,0.7,0.5", patch_power: float = 5.0) -> dict:
+    """Recompute metrics and plots of a saved run on ``split`` of its own dataset or of ``data_path``.
+
+    With ``tta`` other than ``none`` the results are stored under ``<split>_<tta>`` (e.g. ``val_patches``).
+    """
     from . import data as data_mod
     from .finetune import dataset_for
 
@@ -162,9 +188,11 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | N
     out_dir = Path(out) if out else run_dir
     image_size = config.image_size or model.input_shape[1]
     proba = predict_proba(model, table, arch=config.arch, image_size=image_size,
-                          batch_size=batch_size or config.batch_size, verbose=verbose)
-    metrics = write_split_artifacts(out_dir, split, table, proba, classes, final=False)
-    update_metrics_json(out_dir, split, metrics)
+                          batch_size=batch_size or config.batch_size, verbose=verbose, **prediction_options(config),
+                          tta=tta, patch_scales=patch_scales, patch_power=patch_power)
+    key = split if tta == "none" else f"{split}_{tta}"
+    metrics = write_split_artifacts(out_dir, key, table, proba, classes, final=False)
+    update_metrics_json(out_dir, key, metrics)
     return metrics
 
 
@@ -177,14 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write (default: the run directory)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--verbose", type=int, default=1)
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "patches"),
+                        help="test-time augmentation: mirror-image averaging, or Oquab et al.'s multi-patch scoring")
+    parser.add_argument("--patch-scales", default="1.0,0.7,0.5", help="--tta patches: sides as fractions of the short side")
+    parser.add_argument("--patch-power", type=float, default=5.0, help="--tta patches: k in mean over patches of y(C|P)^k")
     args = parser.parse_args(argv)
     try:
         m = evaluate_run(args.run, split=args.split, data_path=args.data, toy=args.toy, out=args.out,
-                         batch_size=args.batch_size, verbose=args.verbose)
+                         batch_size=args.batch_size, verbose=args.verbose, tta=args.tta,
+                         patch_scales=args.patch_scales, patch_power=args.patch_power)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.split}: n={m['n']} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} macro F1 {m['macro_f1']:.4f}")
+    print(f"{args.split}{'' if args.tta == 'none' else '_' + args.tta}: n={m['n']} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} macro F1 {m['macro_f1']:.4f}")
     return 0
 
 

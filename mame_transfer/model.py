@@ -15,6 +15,7 @@ from . import backbones
 from .errors import ConfigError
 
 HEAD_PREFIXES = ("global_pool", "head_", "predictions")
+OQUAB_WIDTHS = (2048,)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class HeadSpec:
         """Accept ``"512,256"``, ``[512, 256]``, ``""``/``"none"`` (linear classifier on pooled features)."""
         if head is None or (isinstance(head, str) and head.strip().lower() in ("", "none", "linear")):
             widths: tuple[int, ...] = ()
+        elif isinstance(head, str) and head.strip().lower() == "oquab":
+            # Oquab et al. 2014 adaptation layers: FCa (2048, ReLU, dropout) then FCb (the softmax).
+            widths = OQUAB_WIDTHS
         elif isinstance(head, str):
             try:
                 widths = tuple(int(w) for w in head.split(",") if w.strip())
@@ -60,6 +64,7 @@ def build_model(
     alpha: float = 1.0,
     pooling: str = "avg",
     variable_shape: bool = False,
+    keep_top: bool = False,
 ):
     """Build backbone + head as one flat model.
 
@@ -74,6 +79,8 @@ def build_model(
             ``all`` (head only) or ``auto`` (the registry's ``default_freeze`` for the arch).
         alpha: MobileNet width multiplier.
         variable_shape: accept any input height and width (``(None, None, 3)``).
+        keep_top: VGG only: keep the ImageNet classifier's FC6/FC7 (``fc1``, ``fc2``, 4096 each, after
+            ``flatten``) and put the head on ``fc2`` (Oquab et al. 2014); needs the default 224 px input.
 
     Returns:
         A compiled-ready (not compiled) ``keras.Model`` named ``<arch>_transfer``.
@@ -90,9 +97,20 @@ def build_model(
     if size < spec.min_size:
         raise ConfigError(f"{arch} needs images of at least {spec.min_size} px. Received: image_size={size}")
     input_shape = (None, None, 3) if variable_shape else (size, size, 3)
-    base = spec.build(weights=weights, input_shape=input_shape, alpha=alpha)
-    x = base.get_layer(spec.feature_layer).output
-    if head.pooling == "avg":
+    if keep_top:
+        if "fc1" not in spec.top_layers:
+            raise ConfigError(f"keep_top keeps the ImageNet FC6/FC7 layers (fc1, fc2) of VGG; {arch} has none")
+        if variable_shape or size != spec.default_size:
+            raise ConfigError(f"keep_top needs the fixed {spec.default_size} px input the FC layers were trained at. "
+                              f"Received: image_size={size}, variable_shape={variable_shape}")
+        base = spec.build(weights=weights, input_shape=input_shape, alpha=alpha, include_top=True)
+        x = base.get_layer("fc2").output
+    else:
+        base = spec.build(weights=weights, input_shape=input_shape, alpha=alpha)
+        x = base.get_layer(spec.feature_layer).output
+    if keep_top:  # fc2 is already a vector: no pooling
+        pass
+    elif head.pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     elif head.pooling == "max":
         x = layers.GlobalMaxPooling2D(name="global_pool")(x)
