@@ -1,0 +1,254 @@
+"""Analyses: CKA maths, running top-k, entropy/overlap, projections, Grad-CAM, feature vis, analyze CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from mame_transfer import backbones
+from mame_transfer.analysis import cka, featvis, gradcam, maxact, projections
+from mame_transfer.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------- CKA maths
+
+
+def test_cka_identity_orthogonal_and_scaling_invariance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 20))
+    q, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    assert cka.linear_cka(x, x) == pytest.approx(1.0)
+    assert cka.linear_cka(x, x @ q) == pytest.approx(1.0)
+    assert cka.linear_cka(x, 7.5 * x) == pytest.approx(1.0)
+    y = rng.normal(size=(64, 20))
+    assert cka.linear_cka(x, y) < 0.5
+    # Not invariant to arbitrary invertible linear maps (that is what distinguishes CKA from CCA).
+    a = rng.normal(size=(20, 20)) * np.linspace(0.1, 5, 20)
+    assert cka.linear_cka(x, x @ a) < 0.99
+
+
+def test_minibatch_cka_matches_known_cases():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 16))
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    noise = rng.normal(size=(256, 16))
+    acc = cka.MinibatchCKA(3, 3, "matching")
+    for s in range(0, 256, 32):
+        b = slice(s, s + 32)
+        acc.update([x[b], x[b], x[b]], [x[b], 3.0 * x[b] @ q, noise[b]])
+    values = acc.matching()
+    assert values[0] == pytest.approx(1.0)
+    assert values[1] == pytest.approx(1.0)
+    assert abs(values[2]) < 0.1
+    full = cka.MinibatchCKA(2, 2, "all")
+    y = x[:, :8] + 0.5 * noise[:, :8]
+    for s in range(0, 256, 64):
+        b = slice(s, s + 64)
+        full.update([x[b], y[b]], [x[b], y[b]])
+    m = full.matrix()
+    assert m.shape == (2, 2) and np.allclose(np.diag(m), 1.0)
+    assert m[0, 1] == pytest.approx(m[1, 0])
+    assert 0.2 < m[0, 1] < 0.95
+    with pytest.raises(ConfigError, match="at least 4"):
+        cka.unbiased_hsic(np.eye(3), np.eye(3))
+
+
+def test_kernel_distances_zero_for_same_model_and_positive_after_change():
+    model = backbones.get("test_tiny").build(input_shape=(32, 32, 3))
+    other = backbones.get("test_tiny").build(input_shape=(32, 32, 3))
+    other.set_weights(model.get_weights())
+    rows = cka.kernel_distances(model, other)
+    assert [r["layer"] for r in rows] == ["block1_conv1", "block2_conv1", "block3_conv1"]
+    assert cka.overall_distance(rows) == 0.0
+    w = other.get_layer("block3_conv1").get_weights()
+    other.get_layer("block3_conv1").set_weights([w[0] + 0.1, w[1]])
+    rows = cka.kernel_distances(model, other)
+    assert rows[0]["mean_l2"] == 0.0
+    # every filter of block3 has 3*3*16 weights moved by 0.1: l2 norm 0.1*sqrt(144) = 1.2
+    assert rows[2]["mean_l2"] == pytest.approx(1.2, rel=1e-5)
+    assert isinstance(cka.kernel_distance_figure(rows), Figure)
+    assert isinstance(cka.cka_curve_figure(["a", "b"], [1.0, 0.7]), Figure)
+    assert isinstance(cka.cka_heatmap_figure(np.eye(2), ["a", "b"], ["c", "d"]), Figure)
+
+
+# ----------------------------------------------------------------------------------------------- max activations
+
+
+def test_running_topk_equals_full_sort_and_memory_is_bounded():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(500, 6))
+    top = maxact.RunningTopK(10, 6)
+    for s in range(0, 500, 37):
+        top.update(data[s:s + 37])
+    expected = np.argsort(-data, axis=0, kind="stable")[:10]
+    assert np.array_equal(top.indices_, expected)
+    assert top.values_.shape == (10, 6) and top.seen_ == 500
+
+
+def test_overlap_and_entropy():
+    a = np.array([[0, 1], [1, 2], [2, 3]])
+    b = np.array([[2, 7], [0, 8], [9, 9]])
+    assert np.allclose(maxact.overlap_ratio(a, b), [2 / 3, 0.0])
+    labels = np.array([0, 0, 0, 1, 2, 3, 0, 0, 0, 0])
+    ent = maxact.class_entropy(np.array([[0, 2, 3], [1, 3, 4], [2, 4, 5]]).T.T, labels, 4)
+    # channel 0: rows 0,1,2 all class 0 -> 0 ; channel 2: rows 3,4,5 -> classes 1,2,3 -> log3/log4
+    assert ent[0] == pytest.approx(0.0)
+    assert ent[2] == pytest.approx(np.log(3) / np.log(4))
+    fig = maxact.depth_boxplot_figure({"a": [[0.1, 0.2], [0.5]], "b": [[0.3], [0.9, 1.0]]}, ["l1", "l2"], ylabel="x")
+    assert isinstance(fig, Figure)
+
+
+# ----------------------------------------------------------------------------------------------- projections
+
+
+def _store_like(n_per=12, classes=("A", "B", "C"), dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    emb, meta = {}, {}
+    for split, shift in (("train", 0.0), ("val", 0.1)):
+        rows, feats = [], []
+        for i, c in enumerate(classes):
+            for k in range(n_per):
+                feats.append(rng.normal(size=dim) + 4 * np.eye(dim)[i] + shift)
+                rows.append({"image": f"{split}_{c}_{k}.jpg", "label": c, "label_index": i})
+        emb[split], meta[split] = np.array(feats, np.float32), pd.DataFrame(rows)
+    return emb, meta
+
+
+def test_projections_pca_tsne_and_sampling():
+    emb, meta = _store_like()
+    res = projections.project(emb, meta, method="pca", dims=3, fit_split="train", apply_splits=["val"], per_class=5)
+    assert res.coords["train"].shape == (15, 3) and res.coords["val"].shape == (15, 3)
+    assert (res.meta["train"]["label"].value_counts() == 5).all()
+    assert len(res.explained_variance_ratio) == 3 and 0 < sum(res.explained_variance_ratio) <= 1
+    with pytest.raises(ConfigError, match="t-SNE has no transform"):
+        projections.project(emb, meta, method="tsne", dims=2, fit_split="train", apply_splits=["val"])
+    ts = projections.project(emb, meta, method="tsne", dims=2, fit_split="train", per_class=None)
+    assert ts.coords["train"].shape == (36, 2)
+    # UMAP (numba compilation takes minutes on 2 cores) is exercised by the CLI run in the report, not here.
+    fig = projections.scatter_figure(ts.coords["train"], ts.meta["train"]["label"], ["A", "B", "C"])
+    assert isinstance(fig, Figure) and len(fig.axes[0].get_legend().get_texts()) == 3
+    page = projections.scatter3d_html(res.coords["train"], res.meta["train"]["label"], ["</script>x.jpg"] * 15,
+                                      ["A", "B", "C"])
+    assert "<script src" not in page and "</script>x.jpg" not in page and page.count("</script>") == 1
+
+
+# ----------------------------------------------------------------------------------------------- Grad-CAM / featvis
+
+
+def test_gradcam_on_test_tiny_localises_and_targets():
+    from mame_transfer.model import build_model
+
+    model = build_model("test_tiny", 3, image_size=32, weights=None, head="8")
+    images = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
+    before = images.copy()
+    cams, proba = gradcam.gradcam(model, images, preprocess=backbones.get("test_tiny").preprocess)
+    assert np.array_equal(images, before), "preprocess must not modify the caller's images"
+    assert cams.shape == (4, 4, 4) and proba.shape == (4, 3)
+    assert np.allclose(proba.sum(1), 1, atol=1e-5) and cams.min() >= 0 and cams.max() <= 1
+    ref = model.predict(backbones.get("test_tiny").preprocess(images.copy()), verbose=0)
+    assert np.allclose(proba, ref, atol=1e-5)
+    cams2, _ = gradcam.gradcam(model, images, layer="block2_relu", targets=[0, 1, 2, 0],
+                               preprocess=backbones.get("test_tiny").preprocess)
+    assert cams2.shape == (4, 16, 16)  # block2_relu comes before block2_pool
+    with pytest.raises(ConfigError, match="no layer"):
+        gradcam.gradcam(model, images, layer="nope")
+    ov = gradcam.overlay(images[0], cams[0])
+    assert ov.shape == (32, 32, 3) and ov.dtype == np.uint8
+    assert isinstance(gradcam.gradcam_grid_figure([ov, ov], ["a", "b"]), Figure)
+
+
+@pytest.mark.parametrize("arch", backbones.PRODUCT_ARCHS)
+def test_gradcam_builds_on_every_registry_backbone(arch):
+    """Build-only smoke test: the default layer and the gradient model exist for every architecture."""
+    import keras
+
+    from mame_transfer.analysis.sources import last_spatial_layer
+    from mame_transfer.model import build_model
+
+    model = build_model(arch, 3, image_size=32, weights=None, head="none", alpha=0.25 if arch == "mobilenet" else 1.0)
+    layer = last_spatial_layer(model)
+    assert layer == backbones.get(arch).feature_layer or model.get_layer(layer).output.shape[1:3] == \
+        model.get_layer(backbones.get(arch).feature_layer).output.shape[1:3]
+    head = model.get_layer("predictions")
+    grad_model = keras.Model(model.inputs[0], [model.get_layer(layer).output, head.input])
+    assert len(grad_model.outputs[0].shape) == 4
+
+
+def test_featvis_increases_channel_activation():
+    model = backbones.get("test_tiny").build(input_shape=(32, 32, 3))
+    r = featvis.visualize_channel(model, "block2_relu", 3, size=32, steps=24, lr=0.1, jitter=2,
+                                  preprocess=backbones.get("test_tiny").preprocess)
+    assert r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8
+    assert r["end"] > r["start"] + 1e-3
+    assert isinstance(featvis.featvis_figure([[r["image"]]], ["m"], ["c3"]), Figure)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_analyze_cli_cka_maxact_featvis_project(tmp_path, capsys):
+    from mame_transfer import analyze, demo
+    from mame_transfer.features import write_store
+
+    root = demo.ensure_demo()
+    out = tmp_path / "cka"
+    assert analyze.main(["cka", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
+                         "--split", "val", "--image-size", "32", "--batch-size", "20", "--out", str(out)]) == 0
+    res = json.loads((out / "cka.json").read_text())
+    assert list(res["matching"]) == ["block1_relu", "block2_relu", "block3_relu"]
+    assert res["batches"] == 3 and res["kernel_distance"]["overall_mean_l2"] > 0
+    for name in ("cka_curve.png", "kernel_distance.png", "cka.csv"):
+        assert (out / name).stat().st_size > 0
+    # A model with itself: CKA 1 on every layer, kernels identical.
+    out_self = tmp_path / "self"
+    assert analyze.main(["cka", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
+                         "--split", "val", "--image-size", "32", "--batch-size", "20", "--seed", "3", "--matrix",
+                         "--out", str(out_self)]) == 0
+    res_self = json.loads((out_self / "cka.json").read_text())
+    random_pair = np.array(list(res["matching"].values()))
+    assert (out_self / "cka_matrix.png").is_file() and len(res_self["matrix"]) == 3
+
+    out = tmp_path / "maxact"
+    assert analyze.main(["maxact", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
+                         "--split", "val", "--image-size", "32", "--top", "10", "--show", "3", "--grid-channels", "2",
+                         "--out", str(out)]) == 0
+    summary = json.loads((out / "maxact.json").read_text())
+    assert set(summary["layers"]) == {"block1_relu", "block2_relu", "block3_relu"}
+    for info in summary["layers"].values():
+        assert 0 <= info["overlap"]["mean"] <= 1
+    assert (out / "maxact_overlap.png").is_file() and (out / "maxact_block2_relu.png").is_file()
+    assert random_pair.min() < 0.999  # two different random inits are not identical everywhere
+
+    out = tmp_path / "fv"
+    assert analyze.main(["featvis", "--a", "random:test_tiny", "--image-size", "32", "--layer", "block2_relu",
+                         "--channels", "0", "1", "--steps", "8", "--out", str(out)]) == 0
+    assert (out / "featvis_block2_relu.png").is_file()
+
+    emb, meta = _store_like()
+    store = tmp_path / "store"
+    write_store(store, manifest={"classes": ["A", "B", "C"], "arch": "test_tiny", "layer": "global_pool"},
+                splits={s: (emb[s], meta[s].assign(path=meta[s]["image"], subset=s)) for s in emb})
+    assert analyze.main(["project", str(store), "--method", "pca", "--dims", "3", "--per-class", "5",
+                         "--apply-split", "val"]) == 0
+    assert "PCA explained variance ratio" in capsys.readouterr().out
+    assert (store / "projections" / "pca_3d_train+val.html").is_file()
+    assert analyze.main(["project", str(store), "--method", "tsne", "--dims", "2", "--apply-split", "val"]) == 2
+    assert "t-SNE has no transform" in capsys.readouterr().err
+
+
+def test_cka_random_model_scores_lower_than_itself():
+    """Known case on real networks: a model vs itself is 1, vs a differently seeded random init lower."""
+    from mame_transfer.analysis.sources import load_source, pooled_features
+
+    a = load_source("random:test_tiny", image_size=32, seed=0)
+    b = load_source("random:test_tiny", image_size=32, seed=5)
+    images = np.random.default_rng(0).uniform(0, 255, size=(48, 32, 32, 3)).astype(np.float32)
+    layers = ["block1_relu", "block3_relu"]
+    fa, fb = pooled_features(a, layers, images), pooled_features(b, layers, images)
+    same = cka.MinibatchCKA(2, 2).update(fa, fa).matching()
+    diff = cka.MinibatchCKA(2, 2).update(fa, fb).matching()
+    assert np.allclose(same, 1.0)
+    assert (diff < same - 1e-3).all()
