@@ -1,0 +1,495 @@
+"""Speed benchmark of the frozen-prefix cache, feature export and the prepare step (a script, not a test).
+
+Every comparison runs its variants side by side in one process, alternating them round by round, and reports
+the median of the rounds and the RATIO, so the noise of a shared machine hits both sides alike.
+
+    .venv/bin/python benchmarks/bench_speed.py                       # all sections, writes benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/bench_speed.py --sections prepare --prepare-n 400 --out /tmp/r.md
+
+Sections:
+  train    epoch time of fine-tuning on the prefix cache vs the plain Keras way (same model with frozen layers,
+           ``model.fit`` on ``keras.utils.image_dataset_from_directory``): vgg16 block4, vgg16 block5,
+           efficientnetb0 block6 at 224 px, weights=None; plus the one-time cache fill and the break-even epochs.
+  export   JPEG files -> features on disk, as a fraction of the model-only forward throughput on in-memory
+           tensors, and against image_dataset_from_directory + model.predict + np.save.
+  rss      peak RSS of ``features.export`` for N and 4N images (fresh subprocesses).
+  prepare  ``mame_transfer.prepare`` with and without DCT-domain downscaling on large (2000-3000 px) JPEGs, and
+           the tf.data decode with and without ``dct_ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CLASSES = ("Oil on canvas", "Etching", "Ceramic")
+COLUMNS = ["Image file", "Medium", "Museum", "Museum-based instance ID", "Subset", "Width", "Height",
+           "Product size", "Aspect ratio"]
+
+
+# --------------------------------------------------------------------------------------------- data sets
+
+
+def _texture(rng, h, w):
+    """A photo-like image: smooth colour fields plus fine grain (so JPEG decoding costs what real images do)."""
+    from PIL import Image
+
+    low = rng.uniform(0, 255, (max(2, h // 64), max(2, w // 64), 3)).astype(np.uint8)
+    base = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), np.int16)
+    grain = rng.integers(-24, 25, (h, w, 1), dtype=np.int16)
+    return np.clip(base + grain, 0, 255).astype(np.uint8)
+
+
+def _write_one(args):
+    from PIL import Image
+
+    path, h, w, seed = args
+    rng = np.random.default_rng(seed)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_texture(rng, h, w)).save(path, quality=90)
+    return path
+
+
+def make_mame(root: Path, n: int, *, sizes=(256, 256), seed: int = 0, workers: int = 2) -> Path:
+    """A MAMe layout of ``n`` train images (+ 3 val) whose image folder is also class-per-folder.
+
+    ``data_256/<class>/<file>.jpg`` serves both ``load_dataset`` (via the CSV) and
+    ``image_dataset_from_directory`` (via the class folders).
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows, jobs = [], []
+    for i in range(n + len(CLASSES)):
+        label = CLASSES[i % len(CLASSES)]
+        h, w = (int(rng.integers(sizes[0], sizes[1] + 1)) for _ in range(2))
+        name = f"{label.replace(' ', '_')}/img{i:05d}.jpg"
+        jobs.append((str(root / "data_256" / name), h, w, seed * 100000 + i))
+        subset = "train" if i < n else "val"
+        rows.append([name, label, "Metropolitan Museum of Art", f"B.{i}", subset, w, h, w * h, round(w / h, 4)])
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_one, jobs, chunksize=8))
+    (root / "MAMe_metadata").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "MAMe_metadata" / "MAMe_dataset.csv", index=False)
+    return root
+
+
+def image_folder_train(root: Path, n: int) -> Path:
+    """Class folders holding only the train images (symlinks), for ``image_dataset_from_directory``."""
+    import pandas as pd
+
+    table = pd.read_csv(root / "MAMe_metadata" / "MAMe_dataset.csv")
+    folder = root / "folders_train"
+    for name in table[table["Subset"] == "train"]["Image file"]:
+        dst = folder / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.symlink(root / "data_256" / name, dst)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def med(values):
+    return statistics.median(values)
+
+
+class EpochTimer:
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class _CB(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.times.append(time.perf_counter() - outer.t0)
+
+        self.times: list[float] = []
+        self.callback = _CB()
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict]:
+    import keras
+    import tensorflow as tf
+
+    from mame_transfer import backbones, cache, data, model as model_mod
+
+    dataset = data.load_dataset(root, require=("train",))
+    table = dataset.split("train")
+    folders = image_folder_train(root, n)
+    results = []
+    for arch, freeze in cases:
+        spec = backbones.get(arch)
+        size = 224
+        keras.utils.set_random_seed(0)
+
+        def build():
+            net = model_mod.build_model(arch, len(dataset.classes), image_size=size, weights=None, head="512,256",
+                                        freeze_until=freeze)
+            net.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(),
+                        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+            return net
+
+        # Plain Keras: frozen layers, JPEGs decoded every epoch by image_dataset_from_directory.
+        plain = build()
+        plain_ds = keras.utils.image_dataset_from_directory(
+            folders, image_size=(size, size), batch_size=batch, shuffle=True, seed=0, label_mode="int", verbose=False)
+        plain_ds = plain_ds.map(lambda x, y: (spec.preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        plain_ds = plain_ds.prefetch(tf.data.AUTOTUNE)
+
+        # Cached: the same architecture, cut at the frozen boundary; the suffix is fitted on cached tensors.
+        net = build()
+        boundary = model_mod.frozen_boundary(net, arch, freeze)
+        cut, why = cache.find_cut(net, boundary)
+        if cut is None:
+            raise SystemExit(f"{arch} {freeze}: no cut ({why})")
+        store = cache.FeatureCache(len(table), cut.feature_shape, "float32")
+        fn = cache.prefix_function(cut)
+        images = data.make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
+                                    training=False, shuffle=False, with_labels=False)
+        t0 = time.perf_counter()
+        store.fill(fn, images)
+        fill_first = time.perf_counter() - t0  # includes tracing the prefix function
+        t0 = time.perf_counter()
+        store.fill(fn, images)  # steady-state fill (traced), the cost on a real data set of many batches
+        fill = time.perf_counter() - t0
+        cached_ds = cache.cached_pipeline(store, table["label_index"].to_numpy(), batch_size=batch, shuffle=True)
+        suffix = cut.suffix
+        suffix.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(),
+                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+        t_plain, t_cached = EpochTimer(), EpochTimer()
+        for r in range(rounds + 1):  # round 0 traces the train functions and is discarded
+            order = [("plain", plain, plain_ds, t_plain), ("cached", suffix, cached_ds, t_cached)]
+            for _, m, ds, timer in (order if r % 2 == 0 else order[::-1]):
+                m.fit(ds, epochs=1, verbose=0, callbacks=[timer.callback])
+        p, c = med(t_plain.times[1:]), med(t_cached.times[1:])
+        gain = p - c
+        res = dict(arch=arch, freeze=freeze, cut=cut.layer_name, feature_shape=list(cut.feature_shape), n=len(table),
+                   batch=batch, rounds=rounds, plain_epoch_s=p, cached_epoch_s=c, speedup=p / c,
+                   fill_s=fill, fill_first_s=fill_first, fill_over_plain_epoch=fill / p,
+                   break_even_epochs=(fill / gain) if gain > 0 else None,
+                   plain_all=t_plain.times[1:], cached_all=t_cached.times[1:])
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
+        results.append(res)
+        del plain, net, suffix, store
+        keras.backend.clear_session()
+    return results
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _limit_throughput(feat, size, n, batch, preprocess):
+    import tensorflow as tf
+
+    x = tf.constant(preprocess(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")))
+
+    @tf.function
+    def fwd(x):
+        return feat(x, training=False)
+
+    fwd(x)
+    steps = int(np.ceil(n / batch))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        np.asarray(fwd(x))
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from mame_transfer import backbones, cache, data, features
+
+    spec = backbones.get(arch)
+    size = 224
+    dataset = data.load_dataset(root, require=("train",))
+    table = dataset.split("train")
+    small = data.Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n // 4].reset_index(drop=True),
+                         dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+    full = data.Dataset(dataset.table[dataset.table["subset"] == "train"].reset_index(drop=True),
+                        dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+    folders = image_folder_train(root, n)
+    feat, _ = features.embedding_model(arch=arch, weights=None, image_size=size)
+    fwd = tf.function(lambda x: feat(x, training=False))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
+    times = {k: [] for k in ("limit", "pipeline", "idfd", "export_n4", "export_n")}
+
+    def ours():
+        pipe = data.make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
+                                  training=False, shuffle=False, with_labels=False)
+        arr = np.lib.format.open_memmap(tmp / "ours.npy", mode="w+", dtype=np.float32, shape=(len(table), feat.output.shape[-1]))
+        row = 0
+        for b in pipe:
+            out = np.asarray(fwd(b))
+            arr[row:row + len(out)] = out
+            row += len(out)
+        arr.flush()
+        del arr
+
+    def idfd():
+        ds = keras.utils.image_dataset_from_directory(folders, image_size=(size, size), batch_size=batch,
+                                                      shuffle=False, label_mode=None, verbose=False)
+        ds = ds.map(spec.preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        np.save(tmp / "idfd.npy", feat.predict(ds, verbose=0))
+
+    def export(ds, name):
+        features.export(tmp / name, ds, arch=arch, weights=None, image_size=size, batch_size=batch, verbose=0,
+                        overwrite=True)
+
+    ours()
+    idfd()  # warm-up: traces the functions
+    for r in range(rounds):
+        times["limit"].append(_limit_throughput(feat, size, n, batch, spec.preprocess))  # img/s
+        for key, fn in (("pipeline", ours), ("idfd", idfd), ("export_n4", lambda: export(small, "s4")),
+                        ("export_n", lambda: export(full, "s1"))):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    shutil.rmtree(tmp, ignore_errors=True)
+    limit = med(times["limit"])
+    n4 = n // 4
+    thr = {"pipeline": n / med(times["pipeline"]), "idfd": n / med(times["idfd"]),
+           "export_whole_call_n": n / med(times["export_n"]),
+           "export_marginal": (n - n4) / (med(times["export_n"]) - med(times["export_n4"]))}
+    res = dict(arch=arch, n=n, batch=batch, rounds=rounds, limit_img_s=limit,
+               **{f"{k}_img_s": v for k, v in thr.items()}, **{f"{k}_fraction": v / limit for k, v in thr.items()},
+               times={k: [round(x, 3) for x in v] for k, v in times.items()})
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
+    return res
+
+
+def rss_child(root: str, n: int, arch: str) -> None:
+    """Run one export of the first n train images in this (fresh) process and print the peak RSS."""
+    from mame_transfer import data, features
+
+    dataset = data.load_dataset(root, require=("train",))
+    sub = data.Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n].reset_index(drop=True),
+                       dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+    out = Path(tempfile.mkdtemp(prefix="bench_rss_")) / "store"
+    features.export(out, sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    print(json.dumps({"n": n, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_rss(root: Path, n: int, rounds: int, arch: str) -> dict:
+    peaks = {n: [], 4 * n: []}
+    for r in range(rounds):
+        for k in ((n, 4 * n) if r % 2 == 0 else (4 * n, n)):
+            out = subprocess.run([sys.executable, __file__, "--rss-child", str(k), "--root", str(root),
+                                  "--export-arch", arch], capture_output=True, text=True, check=True)
+            peaks[k].append(json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mib"])
+    res = dict(arch=arch, n=n, rss_n_mib=med(peaks[n]), rss_4n_mib=med(peaks[4 * n]),
+               ratio=med(peaks[4 * n]) / med(peaks[n]), all={str(k): v for k, v in peaks.items()})
+    print(json.dumps(res), flush=True)
+    return res
+
+
+# --------------------------------------------------------------------------------------------- prepare
+
+
+def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
+    import tensorflow as tf
+
+    from mame_transfer import data, prepare
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    src = tmp / "src"
+    t0 = time.perf_counter()
+    make_mame(src, n, sizes=(2000, 3000), workers=workers)
+    gen = time.perf_counter() - t0
+    print(f"generated {n + len(CLASSES)} JPEGs of 2000-3000 px in {gen:.0f} s (not measured)", flush=True)
+    times = {"draft": [], "full": []}
+    for r in range(rounds):
+        for key in (("draft", "full") if r % 2 == 0 else ("full", "draft")):
+            out = tmp / f"out_{key}"
+            shutil.rmtree(out, ignore_errors=True)
+            res = prepare.prepare(src, out, 256, draft=key == "draft", workers=workers, progress=False)
+            times[key].append(res["seconds"])
+            shutil.rmtree(out, ignore_errors=True)
+    count = n + len(CLASSES)
+    # tf.data decode + resize to 224 of the large JPEGs, with and without DCT-domain ratio decoding.
+    table = data.load_dataset(src, require=("train",)).split("train").iloc[:tfdata_n].reset_index(drop=True)
+    tf_times = {"ratio": [], "plain": []}
+    for r in range(rounds):
+        for key in (("ratio", "plain") if r % 2 == 0 else ("plain", "ratio")):
+            pipe = data.make_pipeline(table, image_size=224, preprocess=None, batch_size=32, shuffle=False,
+                                      with_labels=False, dct_ratio=key == "ratio")
+            t0 = time.perf_counter()
+            for _ in pipe:
+                pass
+            tf_times[key].append(time.perf_counter() - t0)
+    shutil.rmtree(tmp, ignore_errors=True)
+    res = dict(images=count, workers=workers, rounds=rounds, draft_img_s=count / med(times["draft"]),
+               full_img_s=count / med(times["full"]), speedup=med(times["full"]) / med(times["draft"]),
+               tfdata_images=len(table), tfdata_ratio_img_s=len(table) / med(tf_times["ratio"]),
+               tfdata_plain_img_s=len(table) / med(tf_times["plain"]),
+               tfdata_speedup=med(tf_times["plain"]) / med(tf_times["ratio"]), generation_s=gen,
+               times=times, tf_times=tf_times)
+    print(json.dumps(res), flush=True)
+    return res
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    import keras
+    import PIL
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(nproc=os.cpu_count(), cpu=cpu, python=platform.python_version(), tensorflow=tf.__version__,
+                keras=keras.__version__, pillow=PIL.__version__, numpy=np.__version__,
+                gpus=len(tf.config.list_physical_devices("GPU")))
+
+
+def report(res: dict, argv: list[str]) -> str:
+    m = res["machine"]
+    lines = [f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_speed.py'] + argv)}`  ",
+             f"Machine: {m['nproc']} cores ({m['cpu']}), GPUs: {m['gpus']}; Python {m['python']}, TensorFlow "
+             f"{m['tensorflow']}, Keras {m['keras']}, Pillow {m['pillow']}, NumPy {m['numpy']}. Shared with other "
+             f"jobs: absolute times are noisy, the ratios come from variants alternated within one run "
+             f"(median of rounds).", ""]
+    if "train" in res:
+        lines += ["### Fine-tuning epoch time: prefix cache vs plain Keras (224 px, weights=None)", "",
+                  "| arch | freeze until | cut (cached tensor) | N | plain epoch s | cached epoch s | speed-up | "
+                  "cache fill s (x plain epoch) | break-even epochs |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["train"]:
+            be = f"{r['break_even_epochs']:.2f}" if r["break_even_epochs"] is not None else "never"
+            lines.append(f"| {r['arch']} | {r['freeze']} | {r['cut']} {tuple(r['feature_shape'])} | {r['n']} | "
+                         f"{r['plain_epoch_s']:.2f} | {r['cached_epoch_s']:.3f} | **{r['speedup']:.1f}x** | "
+                         f"{r['fill_s']:.2f} ({r['fill_over_plain_epoch']:.2f}) | {be} |")
+        lines.append("")
+    if "export" in res:
+        e = res["export"]
+        lines += [f"### Feature export, {e['arch']} @224, {e['n']} JPEGs (256 px) -> features on disk", "",
+                  "| path | img/s | fraction of model-only forward |", "|---|---|---|",
+                  f"| model-only forward on an in-memory tensor (the limit) | {e['limit_img_s']:.1f} | 1.00 |",
+                  f"| `features.export`, marginal ({e['n'] // 4} -> {e['n']} images: fixed costs cancel) | "
+                  f"{e['export_marginal_img_s']:.1f} | **{e['export_marginal_fraction']:.2f}** |",
+                  f"| `features.export`, whole call for {e['n']} images (model build + tracing included) | "
+                  f"{e['export_whole_call_n_img_s']:.1f} | {e['export_whole_call_n_fraction']:.2f} |",
+                  f"| `data.make_pipeline` + compiled forward + `.npy` memmap | {e['pipeline_img_s']:.1f} | "
+                  f"{e['pipeline_fraction']:.2f} |",
+                  f"| `image_dataset_from_directory` + `model.predict` + `np.save` | {e['idfd_img_s']:.1f} | "
+                  f"{e['idfd_fraction']:.2f} |", ""]
+    if "rss" in res:
+        r = res["rss"]
+        lines += [f"### Peak RSS of `features.export` ({r['arch']}, fresh process each)", "",
+                  f"| N | peak RSS MiB |", "|---|---|", f"| {r['n']} | {r['rss_n_mib']:.0f} |",
+                  f"| {4 * r['n']} | {r['rss_4n_mib']:.0f} |", "",
+                  f"Ratio 4N / N: **{r['ratio']:.3f}**", ""]
+    if "prepare" in res:
+        p = res["prepare"]
+        lines += [f"### prepare: {p['images']} JPEGs of 2000-3000 px -> 256 px, {p['workers']} workers", "",
+                  "| decode | img/s |", "|---|---|",
+                  f"| full-resolution decode (`--no-draft`) | {p['full_img_s']:.1f} |",
+                  f"| DCT-domain downscaling (`Image.draft`) | {p['draft_img_s']:.1f} |", "",
+                  f"Speed-up: **{p['speedup']:.2f}x**", "",
+                  f"tf.data decode + resize to 224 of {p['tfdata_images']} of these JPEGs: plain "
+                  f"{p['tfdata_plain_img_s']:.1f} img/s, `dct_ratio=True` {p['tfdata_ratio_img_s']:.1f} img/s "
+                  f"(**{p['tfdata_speedup']:.2f}x**).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sections", default="train,export,rss,prepare")
+    ap.add_argument("--n", type=int, default=64, help="train images for the epoch-time comparison")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--export-n", type=int, default=256)
+    ap.add_argument("--export-arch", default="efficientnetb0")
+    ap.add_argument("--rss-n", type=int, default=64)
+    ap.add_argument("--prepare-n", type=int, default=2000)
+    ap.add_argument("--tfdata-n", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_child is not None:
+        rss_child(args.root, args.rss_child, args.export_arch)
+        return 0
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    res = {"machine": machine()}
+    print(json.dumps(res["machine"]), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+    try:
+        if {"train", "export", "rss"} & set(sections):
+            n_images = max(args.n, args.export_n, 4 * args.rss_n)
+            root = make_mame(work / "mame", n_images, workers=args.workers)
+        if "train" in sections:
+            sub = work / "mame_train"
+            _subset(root, sub, args.n)
+            cases = [("vgg16", "block4"), ("vgg16", "block5"), ("efficientnetb0", "block6")]
+            res["train"] = bench_train(sub, args.n, args.batch, args.rounds, cases)
+        if "export" in sections:
+            sub = work / "mame_export"
+            _subset(root, sub, args.export_n)
+            res["export"] = bench_export(sub, args.export_n, 32, args.rounds, args.export_arch)
+        if "rss" in sections:
+            res["rss"] = bench_rss(root, args.rss_n, max(2, args.rounds - 1), args.export_arch)
+        if "prepare" in sections:
+            res["prepare"] = bench_prepare(args.prepare_n, max(2, args.rounds - 1), args.workers, args.tfdata_n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(res, argv)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+def _subset(root: Path, out: Path, n: int) -> None:
+    """A MAMe layout holding the first n train images of root (shared image folder)."""
+    import pandas as pd
+
+    table = pd.read_csv(root / "MAMe_metadata" / "MAMe_dataset.csv")
+    train = table[table["Subset"] == "train"].iloc[:n]
+    (out / "MAMe_metadata").mkdir(parents=True, exist_ok=True)
+    pd.concat([train, table[table["Subset"] == "val"]]).to_csv(out / "MAMe_metadata" / "MAMe_dataset.csv", index=False)
+    if not (out / "data_256").exists():
+        os.symlink(root / "data_256", out / "data_256")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
