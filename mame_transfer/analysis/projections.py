@@ -232,7 +232,9 @@ def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[st
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise ConfigError(f"scatter3d_html needs [n, 3] coordinates. Received shape {coords.shape}")
     centred = coords - coords.mean(axis=0) if len(coords) else coords
-    scale = np.abs(centred).max() if len(coords) and np.abs(centred).max() > 0 else 1.0
+    # Scale by the 95th percentile radius, so a few outliers do not shrink the cloud to a dot.
+    radius = float(np.percentile(np.linalg.norm(centred, axis=1), 95)) if len(coords) else 0.0
+    scale = radius if radius > 0 else 1.0
     centred = centred / scale
     index = {c: i for i, c in enumerate(classes)}
     splits = list(pd.unique(np.asarray(split_of))) if split_of is not None else [""]
