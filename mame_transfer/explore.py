@@ -96,13 +96,14 @@ def normalize(emb: np.ndarray) -> np.ndarray:
     return emb / np.where(norms > 0, norms, 1.0)
 
 
-def knn(unit: np.ndarray, k: int, *, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def knn(unit: np.ndarray, k: int, *, block: int = BLOCK, sample: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k nearest neighbours of every row among the other rows.
 
     Args:
         unit: ``[n, d]`` unit-norm rows.
         k: neighbours per row (capped at ``n - 1``).
         block: query rows per matmul block (memory: ``block * n`` float32).
+        sample: columns used to find a safe per-row threshold before the exact top-k (see :func:`_top_k`).
 
     Returns:
         ``(ids [n, k] int32, scores [n, k] float32)``, most similar first; a row is never its own neighbour.
@@ -117,12 +118,30 @@ def knn(unit: np.ndarray, k: int, *, block: int = BLOCK) -> tuple[np.ndarray, np
         stop = min(start + block, n)
         sims = unit[start:stop] @ unit.T
         sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        ids[start:stop] = np.take_along_axis(part, order, axis=1)
-        scores[start:stop] = np.take_along_axis(top, order, axis=1)
+        ids[start:stop], scores[start:stop] = _top_k(sims, k, sample)
     return ids, scores
+
+
+def _top_k(sims: np.ndarray, k: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k per row, sorted. For wide rows, the k-th largest value of every ``stride``-th column is a
+    lower bound of the row's k-th largest, so only values above it are sorted (about ``k * stride`` per row
+    instead of a full ``argpartition`` of ``n``), which is several times faster and gives the same result."""
+    b, n = sims.shape
+    stride = n // sample if sample > 2 * k else 1
+    if stride < 2:
+        part = np.argpartition(sims, n - k, axis=1)[:, n - k:]
+        top = np.take_along_axis(sims, part, axis=1)
+        order = np.lexsort((part, -top), axis=1) if b else np.empty((0, k), int)
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+    sub = sims[:, ::stride]
+    m = sub.shape[1]
+    threshold = np.partition(sub, m - k, axis=1)[:, m - k]  # >= k finite values in sub: at most one -inf (self)
+    rows, cols = np.nonzero(sims >= threshold[:, None])
+    vals = sims[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    take = np.searchsorted(rows, np.arange(b))[:, None] + np.arange(k)
+    return cols[take], vals[take]
 
 
 def precision_at_k(labels: Sequence, ids: np.ndarray, ks: Sequence[int], classes: Sequence[str],

@@ -31,6 +31,10 @@ def test_knn_matches_brute_force_across_blocks():
     np.testing.assert_array_equal(ids, want)
     np.testing.assert_allclose(scores, np.take_along_axis(sims, want, axis=1), rtol=1e-6)
     assert (ids != np.arange(53)[:, None]).all()
+    # the thresholded top-k (every 5th column sampled first) gives the same answer
+    ids2, scores2 = explore.knn(unit, 4, block=10, sample=9)
+    np.testing.assert_array_equal(ids2, want)
+    np.testing.assert_array_equal(scores2, scores)
     assert (np.diff(scores, axis=1) <= 0).all()
     # k larger than the collection is capped at n - 1
     assert explore.knn(unit[:3], 10)[0].shape == (3, 2)

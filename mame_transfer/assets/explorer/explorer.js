@@ -432,6 +432,7 @@
     applyFilters();
     status(META.n + " images · k = " + META.k);
     MAMEX.timing.ready = performance.now() - t0;
+    MAMEX.timing.sinceNavigation = performance.now(); // performance.now() counts from navigation start
     document.body.dataset.ready = "1";
     const m = /^#item=(\d+)$/.exec(location.hash);
     if (m && +m[1] < META.n) show(+m[1]);
