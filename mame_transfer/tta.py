@@ -147,3 +147,37 @@ def flip_average(model, batches) -> np.ndarray:
     plain = np.asarray(model.predict(batches, verbose=0))
     mirrored = np.asarray(model.predict(batches.map(lambda x: tf.reverse(x, axis=[2])), verbose=0))
     return (plain + mirrored) / 2.0
+
+
+# ------------------------------------------------------------------------------------- jittered features
+
+
+JITTER_CROP = 0.8  # side of the corner / centre crops, as a fraction of the image side
+
+
+def jitter_views(images, crop: float = JITTER_CROP) -> list:
+    """Views of a batch ``(B, H, W, C)`` for off-the-shelf features with jitter (Razavian et al. 2014).
+
+    The whole image, its four corner crops and its centre crop (side ``crop`` x the image side, resized back to
+    ``H x W``), each also mirrored: 12 views, every one the shape of ``images``.
+    """
+    import tensorflow as tf
+
+    if not 0 < crop <= 1:
+        raise ConfigError(f"jitter crop must be in (0, 1]. Received: crop={crop}")
+    lo, hi = 0.0, 1.0 - crop
+    mid = (1.0 - crop) / 2
+    corners = [(lo, lo), (lo, hi), (hi, lo), (hi, hi), (mid, mid)]
+    n = tf.shape(images)[0]
+    size = tf.shape(images)[1:3]
+    views = [images]
+    for y, x in corners:
+        boxes = tf.tile(tf.constant([[y, x, y + crop, x + crop]], tf.float32), [n, 1])
+        views.append(tf.image.crop_and_resize(images, boxes, tf.range(n), size))
+    return views + [tf.reverse(v, axis=[2]) for v in views]
+
+
+def jitter_average(model, images, crop: float = JITTER_CROP) -> np.ndarray:
+    """Mean of ``model`` outputs (features or probabilities) over the :func:`jitter_views` of a batch."""
+    outs = [np.asarray(model(v, training=False), dtype=np.float64) for v in jitter_views(images, crop)]
+    return np.mean(outs, axis=0).astype(np.float32)

@@ -306,3 +306,24 @@ def test_ensemble_cli_and_class_mismatch(tiny_run, tmp_path, capsys):
     assert "must share classes" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"only in .*other: \['Paint'\]"):
         ensemble.check_same_classes([tiny_run, other])
+
+
+# ----------------------------------------------------------------------------------- jittered features
+
+
+def test_jitter_views_and_average():
+    import tensorflow as tf
+
+    images = tf.reshape(tf.range(2 * 10 * 10 * 3, dtype=tf.float32), (2, 10, 10, 3))
+    views = tta.jitter_views(images, crop=0.5)
+    assert len(views) == 12 and all(v.shape == images.shape for v in views)
+    np.testing.assert_array_equal(views[0], images)
+    np.testing.assert_array_equal(views[6], images[:, :, ::-1])  # mirrored whole image
+    # top-left corner crop of side 5 px, resized back to 10 px: its pixel (0, 0) is the image's pixel (0, 0)
+    np.testing.assert_allclose(views[1][:, 0, 0], images[:, 0, 0], rtol=1e-5)
+    np.testing.assert_allclose(views[4][:, -1, -1], images[:, -1, -1], rtol=1e-5)  # bottom-right crop
+    feats = tta.jitter_average(lambda x, training=False: tf.reduce_mean(x, axis=(1, 2)), images, crop=0.5)
+    expected = np.mean([np.asarray(tf.reduce_mean(v, axis=(1, 2))) for v in views], axis=0)
+    np.testing.assert_allclose(feats, expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="jitter crop must be in"):
+        tta.jitter_views(images, crop=1.5)
