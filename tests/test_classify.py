@@ -1,0 +1,126 @@
+"""Classifier comparison on feature stores: every classifier x feature set, outputs, skops round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mame_transfer import classify, features
+from mame_transfer.errors import ConfigError, DataError
+
+
+def _separable_store(path, splits=("train", "val", "test"), n=(24, 12, 12), dim=8, seed=0):
+    """Three classes whose embeddings are shifted Gaussians; metadata carries a weak museum signal."""
+    rng = np.random.default_rng(seed)
+    classes = ["Ceramic", "Etching", "Woodcut"]
+    data = {}
+    for split, count in zip(splits, n):
+        y = np.arange(count) % 3
+        emb = (0.5 * rng.normal(size=(count, dim)) + 4.0 * np.eye(3, dim)[y]).astype(np.float32)
+        meta = pd.DataFrame({
+            "image": [f"{split}_{i}.jpg" for i in range(count)], "path": "", "label": [classes[k] for k in y],
+            "label_index": y, "subset": split, "museum": np.where(y == 0, "Met", "LACMA"),
+            "width": rng.integers(100, 400, count), "height": rng.integers(100, 400, count),
+        })
+        meta["product_size"] = meta.width * meta.height
+        meta["aspect_ratio"] = meta.width / meta.height
+        data[split] = (emb, meta)
+    manifest = {"arch": "synthetic", "alpha": None, "weights": None, "run": None, "layer": "x", "image_size": 0,
+                "preprocessing": "none", "classes": classes}
+    return features.write_store(path, manifest=manifest, splits=data)
+
+
+class _RecordingReducer:
+    """Stands in for umap.UMAP (whose numba JIT costs a minute per process): a fixed random projection that
+    records which rows it was fitted on."""
+
+    fitted_rows: list = []
+
+    def __init__(self, n, k, seed):
+        self.n, self.seed = n, seed
+
+    def fit_transform(self, X):
+        _RecordingReducer.fitted_rows.append(len(X))
+        self.W = np.random.default_rng(self.seed).normal(size=(X.shape[1], self.n))
+        return X @ self.W
+
+    def transform(self, X):
+        return X @ self.W
+
+
+def test_every_classifier_and_feature_set(tmp_path):
+    store = _separable_store(tmp_path / "store")
+    source = classify.source_from_store(store)
+    _RecordingReducer.fitted_rows = []
+    result = classify.compare(source, fast=True, umap_components=2, verbose=0, umap_factory=_RecordingReducer)
+    assert _RecordingReducer.fitted_rows == [24]  # fitted once, on the 24 train rows only
+    t = result.table
+    assert len(t) == len(classify.CLASSIFIERS) * len(classify.FEATURE_SETS)
+    assert set(t.classifier) == set(classify.CLASSIFIERS) and set(t.feature_set) == set(classify.FEATURE_SETS)
+    emb = t[t.feature_set == "embeddings"]
+    # well separated: every model learns it (k-NN suffers most from the 5 pure-noise dimensions)
+    assert (emb.val_top1 >= 0.8).all() and emb.val_top1.median() == 1.0, emb[["classifier", "val_top1"]]
+    assert (t.val_top5 == 1.0).all()  # 3 classes: top-5 covers them all
+    assert t.loc[t.feature_set == "embeddings+metadata+umap", "dim"].iloc[0] == 8 + 4 + 2 + 2
+    best = t.val_top1.max()
+    assert result.best_row["val_top1"] == best
+
+    out = classify.write_outputs(result, tmp_path / "out", description="synthetic")
+    for name in ("results.csv", "results.md", "accuracy.png", "confusion_matrix_val.png",
+                 "confusion_matrix_test.png", "best_model.skops", "best_model.json"):
+        assert (out / name).is_file(), name
+    assert len(pd.read_csv(out / "results.csv")) == len(t)
+    # skops round trip: the loaded pipeline predicts exactly like the fitted one
+    loaded = classify.load_pipeline(out / "best_model.skops")
+    inputs = classify.build_inputs(source, result.best_row["feature_set"], umap_components=2,
+                                   umap_factory=_RecordingReducer)
+    np.testing.assert_array_equal(loaded.predict(inputs.X["test"]), result.best.predict(inputs.X["test"]))
+
+
+def test_store_without_test_split_and_cli(tmp_path, capsys):
+    _separable_store(tmp_path / "store", splits=("train", "val"), n=(24, 12))
+    code = classify.main([str(tmp_path / "store"), "--with", "metadata", "--classifiers", "linear_svc,logreg",
+                          "--fast", "--out", str(tmp_path / "out")])
+    assert code == 0
+    t = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(t.feature_set.unique()) == ["embeddings", "embeddings+metadata", "metadata"]
+    assert t.test_top1.isna().all() and t.val_top1.notna().all()
+    assert "| embeddings | linear_svc |" in (tmp_path / "out" / "results.md").read_text()
+    assert not (tmp_path / "out" / "confusion_matrix_test.png").exists()
+
+
+def test_linear_svc_scores_rank_by_decision_function():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=90, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    pipe = classify.make_pipeline("linear_svc").fit(X, y)
+    s = classify.scores(pipe, X, 4)  # a 4th class absent from training ranks last
+    assert s.shape == (90, 4) and np.isneginf(s[:, 3]).all()
+    np.testing.assert_array_equal(s[:, :3].argmax(axis=1), pipe.predict(X))
+
+
+def test_bad_inputs(tmp_path):
+    store = _separable_store(tmp_path / "store", splits=("train", "test"), n=(24, 12))
+    with pytest.raises(DataError, match="'val' split, which is missing"):
+        classify.compare(classify.source_from_store(store), classifiers=["logreg"], verbose=0)
+    with pytest.raises(ConfigError, match="unknown classifier 'svm'"):
+        classify.make_pipeline("svm")
+    with pytest.raises(ConfigError, match="--with umap adds UMAP to embeddings\\+metadata"):
+        classify.feature_sets_for("umap")
+    assert classify.main(["--out", str(tmp_path / "o"), str(tmp_path / "missing")]) == 2
+
+
+def test_metadata_only_real_mame(mame_metadata, capsys):
+    """Real MAMe CSV, no images: metadata features alone, train on train, score on val and test."""
+    from mame_transfer import data
+
+    dataset = data.load_dataset(mame_metadata, check_files=False)
+    source = classify.source_from_dataset(dataset)
+    result = classify.compare(source, feature_sets=["metadata"], classifiers=["random_forest"],
+                              fast=True, verbose=0)
+    t = result.table.set_index("classifier")
+    print(t[["val_top1", "test_top1", "test_macro_f1", "fit_s"]].to_string())
+    # 29 classes: chance is 1/29; image size and museum alone carry real signal
+    assert t.loc["random_forest", "test_top1"] > 0.25
+    assert len(result.y["test"]) == 15657
