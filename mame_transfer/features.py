@@ -268,3 +268,301 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def input_hash(table: pd.DataFrame) -> str:
+    """sha256 over the sorted (image, size, mtime) of every file: a changed input set forbids resuming."""
+    h = hashlib.sha256()
+    for image, path in sorted(zip(table["image"].astype(str), table["path"].astype(str))):
+        try:
+            st = os.stat(path)
+            h.update(f"{image}\t{st.st_size}\t{int(st.st_mtime)}\n".encode())
+        except OSError:
+            h.update(f"{image}\t-\t-\n".encode())
+    return h.hexdigest()
+
+
+def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str | None = "imagenet",
+                    image_size: int | None = None, run: str | os.PathLike | None = None, layer: str | None = None):
+    """A model mapping preprocessed images to 2-d features, and what it is.
+
+    From a registry backbone (``arch``) or a finished run directory (``run``); ``layer`` defaults to the
+    backbone's last spatial layer (registry) or the run's embedding layer (last hidden head layer). Spatial
+    outputs are global-average pooled.
+
+    Returns:
+        ``(keras.Model, info)`` where info holds arch, alpha, weights, run, layer, image_size and the spec.
+    """
+    import keras
+
+    from . import backbones, model as model_mod
+
+    if run is not None:
+        from .evaluate import load_run
+
+        net, config, classes = load_run(run)
+        spec = backbones.get(config.arch)
+        alpha, weights = config.alpha, config.weights
+        image_size = config.image_size or spec.default_size
+        layer = layer or model_mod.embedding_layer_name(net)
+    else:
+        if not arch:
+            raise ConfigError("pass --arch NAME (a registry backbone) or --model RUN_DIR")
+        spec = backbones.get(arch)
+        image_size = image_size or spec.default_size
+        if image_size < spec.min_size:
+            raise ConfigError(f"{spec.name} needs images of at least {spec.min_size} px. Received: image_size={image_size}")
+        net = spec.build(weights=weights, input_shape=(image_size, image_size, 3), alpha=alpha)
+        layer = layer or spec.feature_layer
+    try:
+        out = net.get_layer(layer).output
+    except ValueError:
+        names = [lay.name for lay in net.layers]
+        raise ConfigError(f"model has no layer {layer!r}. Received: layer={layer!r}; last layers: "
+                          f"{', '.join(names[-8:])}") from None
+    if len(out.shape) == 4:
+        out = keras.layers.GlobalAveragePooling2D(name="export_pool")(out)
+    elif len(out.shape) != 2:
+        raise ConfigError(f"layer {layer!r} has output shape {tuple(out.shape)}; expected (batch, h, w, c) or (batch, d)")
+    feat = keras.Model(net.inputs, out, name="feature_extractor")
+    info = {"arch": spec.name, "alpha": float(alpha) if spec.accepts_alpha else None,
+            "weights": None if weights is None or str(weights).lower() == "none" else str(weights),
+            "run": str(Path(run).resolve()) if run is not None else None, "layer": layer,
+            "image_size": int(image_size), "preprocessing": getattr(spec.preprocess, "__name__", str(spec.preprocess)),
+            "spec": spec}
+    return feat, info
+
+
+def imagenet_top_model(arch: str, alpha: float = 1.0):
+    """The backbone with its ImageNet classifier (1000-way softmax) at the default size."""
+    from . import backbones
+
+    spec = backbones.get(arch)
+    return spec.build(weights="imagenet", include_top=True, alpha=alpha), spec.default_size
+
+
+def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_size: int, preprocess,
+            batch_size: int, on_batch, desc: str, verbose: int) -> None:
+    """Fill ``array[start:]`` batch by batch; ``on_batch(rows_done)`` runs after each flushed batch."""
+    from . import data
+
+    if start >= len(table):
+        return
+    rest = table.iloc[start:].reset_index(drop=True)
+    pipe = data.make_pipeline(rest, image_size=image_size, preprocess=preprocess, batch_size=batch_size,
+                              training=False, augment=False, shuffle=False, with_labels=False)
+    bar = _progress(len(table), start, desc, verbose)
+    row = start
+    for batch in pipe:
+        out = np.asarray(model(batch, training=False), dtype=np.float32)
+        array[row:row + len(out)] = out
+        row += len(out)
+        array.flush()
+        on_batch(row)
+        bar.update(len(out))
+    bar.close()
+    if row != len(table):
+        raise DataError(f"export of {desc} produced {row} rows for {len(table)} images")
+
+
+def _progress(total: int, initial: int, desc: str, verbose: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not verbose, leave=verbose > 0,
+                file=sys.stderr)
+
+
+def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: float = 1.0,
+           weights: str | None = "imagenet", image_size: int | None = None, run: str | os.PathLike | None = None,
+           layer: str | None = None, splits: Sequence[str] | None = None, batch_size: int = 32,
+           imagenet_probs: bool = False, overwrite: bool = False, verbose: int = 1) -> FeatureStore:
+    """Export embeddings (and optionally ImageNet probabilities) of every image of ``splits`` to a store.
+
+    Writes into ``<out>.partial`` (resumable: rows done per split and feature set are recorded after every
+    batch) and renames it to ``out`` when complete.
+
+    Args:
+        out: store folder.
+        dataset: a :class:`mame_transfer.data.Dataset`.
+        arch, alpha, weights, image_size: registry backbone (ignored with ``run``).
+        run: finished run directory whose model to use.
+        layer: layer to export (pooled when spatial); default see :func:`embedding_model`.
+        splits: subsets to export (default: all present).
+        imagenet_probs: also store the 1000 ImageNet probabilities of the backbone with its ImageNet head.
+        overwrite: replace an existing complete store at ``out``.
+    """
+    out = Path(out)
+    if (out / MANIFEST).is_file() and not overwrite:
+        raise ConfigError(f"feature store {out} already exists; pass --overwrite to replace it or choose another --out")
+    splits = list(splits or dataset.subsets)
+    for s in splits:
+        if s not in dataset.subsets:
+            raise DataError(f"{dataset.source or dataset.root}: no {s!r} split to export "
+                            f"(present: {', '.join(dataset.subsets)}).")
+    tables = {s: dataset.split(s) for s in splits}
+    feat, info = embedding_model(arch=arch, alpha=alpha, weights=weights, image_size=image_size, run=run, layer=layer)
+    spec = info.pop("spec")
+    if imagenet_probs and info["weights"] != "imagenet":
+        raise ConfigError(f"--imagenet-probs needs a backbone with ImageNet weights; this one has "
+                          f"weights={info['weights']!r}")
+    dim = int(feat.output.shape[-1])
+    manifest = dict(info, format=FORMAT, augment=False, jitter=False, package_version=_version(),
+                    input_hash=input_hash(pd.concat(tables.values())), classes=list(dataset.classes),
+                    dataset=str(dataset.source or dataset.root),
+                    feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),
+                    splits={s: {"n": len(t), "dim": dim} for s, t in tables.items()})
+    work = out.with_name(out.name + PARTIAL)
+    progress = _open_progress(work, manifest)
+    jobs = [(EMBEDDINGS, feat, info["image_size"], dim)]
+    if imagenet_probs:
+        top, top_size = imagenet_top_model(info["arch"], info["alpha"] or 1.0)
+        jobs.append((IMAGENET_PROBS, top, top_size, 1000))
+    for split, table in tables.items():
+        (work / split).mkdir(parents=True, exist_ok=True)
+        if not (work / split / "metadata.csv").is_file():
+            write_text(work / split / "metadata.csv", metadata_frame(table).to_csv(index=False))
+        for name, model, size, width in jobs:
+            path = work / split / f"{name}.npy"
+            key = f"{split}/{name}"
+            done = int(progress["done"].get(key, 0)) if path.is_file() else 0
+            if done >= len(table):
+                continue
+            if done:
+                array = np.lib.format.open_memmap(path, mode="r+")
+            else:
+                array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(table), width))
+
+            def mark(rows, key=key):
+                progress["done"][key] = rows
+                write_json(work / PROGRESS, progress)
+
+            _stream(model, table, array, done, image_size=size, preprocess=spec.preprocess, batch_size=batch_size,
+                    on_batch=mark, desc=key, verbose=verbose)
+            del array
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(work / MANIFEST, manifest)
+    (work / PROGRESS).unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return load_store(out)
+
+
+def _open_progress(work: Path, manifest: dict) -> dict:
+    """Progress of an interrupted export of the same inputs and settings, or a fresh one."""
+    keys = ("arch", "alpha", "weights", "run", "layer", "image_size", "input_hash", "splits", "feature_sets")
+    want = {k: manifest[k] for k in keys}
+    path = work / PROGRESS
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("settings") == json.loads(json.dumps(want)):
+            return saved
+        print(f"[features] {work} holds an export with other settings or inputs; starting over", file=sys.stderr)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    progress = {"settings": want, "done": {}}
+    write_json(path, progress)
+    return progress
+
+
+# ------------------------------------------------------------------------------------------------- projector
+
+
+def export_projector(store: FeatureStore | str | os.PathLike, split: str, out: str | os.PathLike, *,
+                     feature_set: str = EMBEDDINGS, limit: int | None = None) -> Path:
+    """Write ``vectors.tsv`` + ``metadata.tsv`` (+ ``projector_config.pbtxt``) for the TensorBoard Projector.
+
+    Load both files at https://projector.tensorflow.org, or point TensorBoard at ``out``.
+    """
+    store = store if isinstance(store, FeatureStore) else load_store(store)
+    vectors = np.asarray(store.embeddings(split, feature_set))
+    meta = store.metadata(split)
+    if limit:
+        vectors, meta = vectors[:limit], meta.iloc[:limit]
+    cols = [c for c in ("image", "label", "museum", "subset", "width", "height", "aspect_ratio") if c in meta]
+    meta = meta[cols].astype(str).apply(lambda s: s.str.replace(r"[\t\n\r]", " ", regex=True))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        np.savetxt(tmp / "vectors.tsv", vectors, delimiter="\t", fmt="%.6g")
+        meta.to_csv(tmp / "metadata.tsv", sep="\t", index=False)
+        (tmp / "projector_config.pbtxt").write_text(
+            'embeddings {\n  tensor_name: "%s/%s"\n  tensor_path: "vectors.tsv"\n  metadata_path: "metadata.tsv"\n}\n'
+            % (split, feature_set))
+    return Path(out)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mame_transfer.features",
+                                description="Export embeddings + metadata of a dataset to a feature store "
+                                            "(or: 'projector STORE --split val --out DIR').")
+    src = p.add_argument_group("model")
+    src.add_argument("--arch", help="registry backbone (e.g. mobilenet, vgg16)")
+    src.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
+    src.add_argument("--weights", default="imagenet", help="imagenet | none | weights file")
+    src.add_argument("--image-size", type=int, help="square input side (default: the backbone's)")
+    src.add_argument("--model", help="finished run directory (saved_models/<run>) instead of --arch")
+    src.add_argument("--layer", help="layer to export (default: last spatial layer / the run's embedding layer)")
+    src.add_argument("--imagenet-probs", action="store_true", help="also store the 1000 ImageNet probabilities")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="MAMe folder or class-per-folder set")
+    d.add_argument("--demo", action="store_true", help="the built-in demo set")
+    d.add_argument("--toy", action="store_true", help="MAMe layout: the toy CSV")
+    d.add_argument("--images", help="MAMe layout: image folder")
+    d.add_argument("--splits", help="comma-separated subsets (default: all present)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="store folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--verbose", type=int, default=1)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "projector":
+            p = argparse.ArgumentParser(prog="python -m mame_transfer.features projector",
+                                        description="TensorBoard Embedding Projector TSV files of one split")
+            p.add_argument("store")
+            p.add_argument("--split", default="val")
+            p.add_argument("--feature-set", default=EMBEDDINGS)
+            p.add_argument("--limit", type=int, help="first N rows only")
+            p.add_argument("--out", required=True)
+            a = p.parse_args(argv[1:])
+            print(export_projector(a.store, a.split, a.out, feature_set=a.feature_set, limit=a.limit))
+            return 0
+        if argv and argv[0] == "export":
+            argv = argv[1:]
+        a = build_parser().parse_args(argv)
+        from . import data, demo
+
+        if not a.data and not a.demo:
+            raise ConfigError("no dataset given: pass --data PATH or --demo")
+        splits = [s.strip() for s in a.splits.split(",")] if a.splits else None
+        dataset = data.load_dataset(demo.ensure_demo() if a.demo else a.data, toy=a.toy, images=a.images,
+                                    require=tuple(splits or ()))
+        store = export(a.out, dataset, arch=a.arch, alpha=a.alpha, weights=a.weights, image_size=a.image_size,
+                       run=a.model, layer=a.layer, splits=splits, batch_size=a.batch_size,
+                       imagenet_probs=a.imagenet_probs, overwrite=a.overwrite, verbose=a.verbose)
+    except MameTransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume the export", file=sys.stderr)
+        return 130
+    dims = ", ".join(f"{s} {v['n']}x{v['dim']}" for s, v in store.manifest["splits"].items())
+    print(f"{store.path}: {dims} ({', '.join(store.feature_sets)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
