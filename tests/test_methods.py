@@ -327,3 +327,34 @@ def test_jitter_views_and_average():
     np.testing.assert_allclose(feats, expected, rtol=1e-5)
     with pytest.raises(ConfigError, match="jitter crop must be in"):
         tta.jitter_views(images, crop=1.5)
+
+
+def test_block_lr_optimizer_state_survives_resume(tmp_path):
+    """The per-epoch resume state saves and restores every inner optimizer's variables."""
+    from mame_transfer import finetune
+
+    config = TrainConfig(demo=True, arch="test_tiny", optimizer="adam", lr=1e-2, block_lr="block1:1e-3,head:1e-1")
+    x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0])
+    net = finetune.compile_model(_tiny(), config, 3)
+    net.fit(x, y, epochs=1, verbose=0)
+    resume = finetune.ResumeState(tmp_path)
+    resume.save(net, 1, 0, {}, {})
+    again = finetune.compile_model(_tiny(), config, 3)
+    assert resume.restore_optimizer(again, resume.load())
+    for a, b in zip(net.optimizer.variables, again.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(methods.group_learning_rates(again.optimizer)) == pytest.approx([1e-3, 1e-2, 1e-1])
+
+
+def test_evaluate_cli_tta_writes_beside_plain_scores(tiny_run, tmp_path, capsys):
+    from mame_transfer import evaluate
+
+    out = tmp_path / "eval"
+    assert evaluate.main([str(tiny_run), "--split", "val", "--tta", "patches", "--patch-scales", "1.0,0.5",
+                          "--patch-power", "2", "--out", str(out), "--verbose", "0"]) == 0
+    assert "val_patches: n=60" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"val_patches"} and (out / "predictions_val_patches.csv").is_file()
+    assert evaluate.main([str(tiny_run), "--split", "val", "--tta", "flip", "--out", str(out), "--verbose", "0"]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())) == {"val_patches", "val_flip"}
