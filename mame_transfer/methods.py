@@ -147,6 +147,14 @@ def blocks_until(arch: str, block: str | None) -> list[str]:
     return names[: names.index(block) + 1]
 
 
+def _initializer_attrs(variable_name: str) -> list[str]:
+    """Layer attributes that may hold a variable's initializer (DepthwiseConv2D keeps its ``kernel`` under
+    ``depthwise_initializer``; SeparableConv2D names its kernels ``depthwise_kernel`` / ``pointwise_kernel``)."""
+    base = variable_name.replace("_kernel", "")
+    return [f"{variable_name}_initializer", f"{base}_initializer", "depthwise_initializer"] \
+        if variable_name == "kernel" else [f"{variable_name}_initializer", f"{base}_initializer"]
+
+
 def reinit_until(model, arch: str, block: str | None, *, seed: int = 0) -> list[str]:
     """Give every weight of ``block`` and the earlier blocks a fresh value from its layer's own initializer.
 
@@ -167,7 +175,7 @@ def reinit_until(model, arch: str, block: str | None, *, seed: int = 0) -> list[
         if spec.block_of(layer.name) not in blocks or not layer.weights:
             continue
         for vi, var in enumerate(layer.weights):
-            init = getattr(layer, f"{var.name}_initializer", None)
+            init = next((getattr(layer, a) for a in _initializer_attrs(var.name) if getattr(layer, a, None)), None)
             if init is None:
                 raise ConfigError(f"cannot re-initialise {layer.name}/{var.name}: the layer has no "
                                   f"{var.name}_initializer")

@@ -358,3 +358,16 @@ def test_evaluate_cli_tta_writes_beside_plain_scores(tiny_run, tmp_path, capsys)
     assert set(metrics) == {"val_patches"} and (out / "predictions_val_patches.csv").is_file()
     assert evaluate.main([str(tiny_run), "--split", "val", "--tta", "flip", "--out", str(out), "--verbose", "0"]) == 0
     assert set(json.loads((out / "metrics.json").read_text())) == {"val_patches", "val_flip"}
+
+
+def test_reinit_mobilenet_imagenet_low_blocks_differ_from_pretrained(keras_home):
+    """Real weights: conv1 and block1 (incl. depthwise kernels) are redrawn, block2 keeps its ImageNet values."""
+    kw = dict(image_size=32, weights="imagenet", alpha=0.25, head="8", freeze_until="none")
+    pretrained = model_mod.build_model("mobilenet", 3, **kw)
+    net = model_mod.build_model("mobilenet", 3, **kw)
+    done = methods.reinit_until(net, "mobilenet", "block1")
+    assert {"conv1", "conv_dw_1", "conv_pw_1", "conv_dw_1_bn"} <= set(done)
+    for name in ("conv1", "conv_dw_1", "conv_pw_1"):
+        assert not np.allclose(net.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0])
+    for name in ("conv_dw_2", "conv_pw_2", "conv_pw_13"):
+        np.testing.assert_array_equal(net.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0])
