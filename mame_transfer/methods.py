@@ -114,11 +114,13 @@ def block_optimizer(model, arch: str, text: str, base_lr: float, factory: Callab
     for name, lr in layer_learning_rates(model, arch, text).items():
         by_lr.setdefault(lr, []).append(name)
     default = factory(base_lr)
+    default.name = "lr_base"
     table = keras.optimizers.OptimizerMap(default_optimizer=default)
     for lr, names in by_lr.items():
-        opt = default if lr == base_lr else factory(lr)
-        if opt is default:
+        if lr == base_lr:
             continue
+        opt = factory(lr)
+        opt.name = f"lr_{lr:g}"  # history.csv columns read learning_rate_lr_<value>
         # Variable paths are "<layer name>/<variable name>" in a flat model.
         table["(?:" + "|".join(re.escape(n) for n in names) + ")/.*"] = opt
     log.info("per-block learning rates: %s (other layers %g)",
