@@ -1,0 +1,49 @@
+"""Execute notebooks/classifier_comparison.ipynb end to end on the demo set, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "classifier_comparison.ipynb"
+
+
+def _kernel_home(tmp_path: Path) -> Path:
+    """A kernelspec named ``python3`` that runs this very interpreter (the venv's), whatever else is installed."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (mame_transfer test)", "language": "python"}))
+    return tmp_path / "jupyter"
+
+
+def test_notebook_runs(tmp_path, monkeypatch, demo_root):
+    import nbformat
+    from nbclient import NotebookClient
+
+    # JUPYTER_PATH is searched first, so "python3" resolves to sys.executable on any machine or CI clone.
+    monkeypatch.setenv("JUPYTER_PATH", str(_kernel_home(tmp_path)))
+    monkeypatch.setenv("MAME_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("MAME_FEATURE_STORE", raising=False)
+    # UMAP's numba JIT alone costs about a minute per process; test_classify covers the UMAP path.
+    monkeypatch.setenv("MAME_NB_FEATURE_SETS", "embeddings,embeddings+metadata,metadata")
+    monkeypatch.setenv("MAME_NB_CLASSIFIERS", "linear_svc,logreg,knn")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+
+    results = tmp_path / "out" / "results"
+    table = pd.read_csv(results / "results.csv")
+    assert len(table) == 9 and set(table.classifier) == {"linear_svc", "logreg", "knn"}
+    assert (results / "best_model.skops").is_file() and (results / "accuracy.png").is_file()
+    assert (tmp_path / "out" / "demo_features" / "manifest.json").is_file()
+    # the displayed outputs are there: the table (HTML) and the two figures (PNG)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any("text/html" in o.get("data", {}) for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
