@@ -286,15 +286,19 @@ def input_hash(table: pd.DataFrame) -> str:
 
 
 def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str | None = "imagenet",
-                    image_size: int | None = None, run: str | os.PathLike | None = None, layer: str | None = None):
+                    image_size: int | None = None, run: str | os.PathLike | None = None, layer: str | None = None,
+                    seed: int = 0):
     """A model mapping preprocessed images to 2-d features, and what it is.
 
     From a registry backbone (``arch``) or a finished run directory (``run``); ``layer`` defaults to the
     backbone's last spatial layer (registry) or the run's embedding layer (last hidden head layer). Spatial
     outputs are global-average pooled.
 
+    Random weights (``weights=None``) are drawn with ``seed``, so an export of an untrained backbone is
+    reproducible and a resumed export continues with the very same network.
+
     Returns:
-        ``(keras.Model, info)`` where info holds arch, alpha, weights, run, layer, image_size and the spec.
+        ``(keras.Model, info)`` where info holds arch, alpha, weights, run, layer, image_size, seed and the spec.
     """
     import keras
 
@@ -315,6 +319,7 @@ def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str
         image_size = image_size or spec.default_size
         if image_size < spec.min_size:
             raise ConfigError(f"{spec.name} needs images of at least {spec.min_size} px. Received: image_size={image_size}")
+        keras.utils.set_random_seed(seed)
         net = spec.build(weights=weights, input_shape=(image_size, image_size, 3), alpha=alpha)
         layer = layer or spec.feature_layer
     try:
@@ -331,7 +336,7 @@ def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str
     info = {"arch": spec.name, "alpha": float(alpha) if spec.accepts_alpha else None,
             "weights": None if weights is None or str(weights).lower() == "none" else str(weights),
             "run": str(Path(run).resolve()) if run is not None else None, "layer": layer,
-            "image_size": int(image_size), "preprocessing": getattr(spec.preprocess, "__name__", str(spec.preprocess)),
+            "image_size": int(image_size), "seed": int(seed), "preprocessing": getattr(spec.preprocess, "__name__", str(spec.preprocess)),
             "spec": spec}
     return feat, info
 
@@ -345,9 +350,12 @@ def imagenet_top_model(arch: str, alpha: float = 1.0):
 
 
 def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_size: int, preprocess,
-            batch_size: int, on_batch, desc: str, verbose: int) -> None:
-    """Fill ``array[start:]`` batch by batch; ``on_batch(rows_done)`` runs after each flushed batch."""
-    from . import data
+            batch_size: int, on_batch, desc: str, verbose: int, jitter: bool = False) -> None:
+    """Fill ``array[start:]`` batch by batch; ``on_batch(rows_done)`` runs after each flushed batch.
+
+    With ``jitter`` each row is the mean over 12 views (whole, 4 corner and centre crops, all mirrored too).
+    """
+    from . import data, tta
 
     if start >= len(table):
         return
@@ -357,7 +365,7 @@ def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_
     bar = _progress(len(table), start, desc, verbose)
     row = start
     for batch in pipe:
-        out = np.asarray(model(batch, training=False), dtype=np.float32)
+        out = tta.jitter_average(model, batch) if jitter else np.asarray(model(batch, training=False), dtype=np.float32)
         array[row:row + len(out)] = out
         row += len(out)
         array.flush()
@@ -378,7 +386,8 @@ def _progress(total: int, initial: int, desc: str, verbose: int):
 def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: float = 1.0,
            weights: str | None = "imagenet", image_size: int | None = None, run: str | os.PathLike | None = None,
            layer: str | None = None, splits: Sequence[str] | None = None, batch_size: int = 32,
-           imagenet_probs: bool = False, overwrite: bool = False, verbose: int = 1) -> FeatureStore:
+           imagenet_probs: bool = False, overwrite: bool = False, verbose: int = 1,
+           jitter: bool = False, seed: int = 0) -> FeatureStore:
     """Export embeddings (and optionally ImageNet probabilities) of every image of ``splits`` to a store.
 
     Writes into ``<out>.partial`` (resumable: rows done per split and feature set are recorded after every
@@ -392,7 +401,9 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         layer: layer to export (pooled when spatial); default see :func:`embedding_model`.
         splits: subsets to export (default: all present).
         imagenet_probs: also store the 1000 ImageNet probabilities of the backbone with its ImageNet head.
+        seed: seed of random initial weights (``weights=None``).
         overwrite: replace an existing complete store at ``out``.
+        jitter: average each image's features over flips and crops (Razavian et al. 2014, :func:`tta.jitter_views`).
     """
     out = Path(out)
     if (out / MANIFEST).is_file() and not overwrite:
@@ -403,13 +414,14 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
             raise DataError(f"{dataset.source or dataset.root}: no {s!r} split to export "
                             f"(present: {', '.join(dataset.subsets)}).")
     tables = {s: dataset.split(s) for s in splits}
-    feat, info = embedding_model(arch=arch, alpha=alpha, weights=weights, image_size=image_size, run=run, layer=layer)
+    feat, info = embedding_model(arch=arch, alpha=alpha, weights=weights, image_size=image_size, run=run, layer=layer,
+                                 seed=seed)
     spec = info.pop("spec")
     if imagenet_probs and info["weights"] != "imagenet":
         raise ConfigError(f"--imagenet-probs needs a backbone with ImageNet weights; this one has "
                           f"weights={info['weights']!r}")
     dim = int(feat.output.shape[-1])
-    manifest = dict(info, format=FORMAT, augment=False, jitter=False, package_version=_version(),
+    manifest = dict(info, format=FORMAT, augment=False, jitter=bool(jitter), package_version=_version(),
                     input_hash=input_hash(pd.concat(tables.values())), classes=list(dataset.classes),
                     dataset=str(dataset.source or dataset.root),
                     feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),
@@ -440,7 +452,7 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
                 write_json(work / PROGRESS, progress)
 
             _stream(model, table, array, done, image_size=size, preprocess=spec.preprocess, batch_size=batch_size,
-                    on_batch=mark, desc=key, verbose=verbose)
+                    on_batch=mark, desc=key, verbose=verbose, jitter=jitter)
             del array
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(work / MANIFEST, manifest)
@@ -453,7 +465,8 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
 
 def _open_progress(work: Path, manifest: dict) -> dict:
     """Progress of an interrupted export of the same inputs and settings, or a fresh one."""
-    keys = ("arch", "alpha", "weights", "run", "layer", "image_size", "input_hash", "splits", "feature_sets")
+    keys = ("arch", "alpha", "weights", "run", "layer", "image_size", "seed", "jitter", "input_hash", "splits",
+            "feature_sets")
     want = {k: manifest[k] for k in keys}
     path = work / PROGRESS
     if path.is_file():
@@ -513,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="finished run directory (saved_models/<run>) instead of --arch")
     src.add_argument("--layer", help="layer to export (default: last spatial layer / the run's embedding layer)")
     src.add_argument("--imagenet-probs", action="store_true", help="also store the 1000 ImageNet probabilities")
+    src.add_argument("--jitter", action="store_true",
+                     help="average features over flips and corner/centre crops (Razavian et al. 2014)")
     d = p.add_argument_group("data")
     d.add_argument("--data", help="MAMe folder or class-per-folder set")
     d.add_argument("--demo", action="store_true", help="the built-in demo set")
@@ -520,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", help="MAMe layout: image folder")
     d.add_argument("--splits", help="comma-separated subsets (default: all present)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
     p.add_argument("--out", required=True, help="store folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--verbose", type=int, default=1)
@@ -552,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     require=tuple(splits or ()))
         store = export(a.out, dataset, arch=a.arch, alpha=a.alpha, weights=a.weights, image_size=a.image_size,
                        run=a.model, layer=a.layer, splits=splits, batch_size=a.batch_size,
-                       imagenet_probs=a.imagenet_probs, overwrite=a.overwrite, verbose=a.verbose)
+                       imagenet_probs=a.imagenet_probs, overwrite=a.overwrite, verbose=a.verbose,
+                       jitter=a.jitter, seed=a.seed)
     except MameTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

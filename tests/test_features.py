@@ -92,3 +92,81 @@ def test_truncated_array(tmp_path):
     np.save(tmp_path / "store" / "train" / "embeddings.npy", np.zeros((5, 32), np.float32))
     with pytest.raises(DataError, match=r"train/embeddings\.npy has shape \(5, 32\); the manifest .* says \(6, 32\)"):
         features.load_store(tmp_path / "store")
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def _demo(demo_root):
+    from mame_transfer import data
+
+    return data.load_dataset(demo_root)
+
+
+def test_export_demo_and_resume(tmp_path, demo_root, monkeypatch):
+    dataset = _demo(demo_root)
+    kw = dict(arch="test_tiny", weights=None, image_size=32, splits=["train", "val"], batch_size=64, verbose=0)
+    ref = features.export(tmp_path / "ref", dataset, **kw)
+    assert ref.manifest["splits"] == {"train": {"n": 240, "dim": 32}, "val": {"n": 60, "dim": 32}}
+    m = ref.manifest
+    assert (m["arch"], m["layer"], m["augment"], m["jitter"], m["weights"]) == \
+        ("test_tiny", "block3_pool", False, False, None)
+    assert m["preprocessing"] == "_tiny_preprocess" and len(m["input_hash"]) == 64
+    assert list(ref.metadata("val")["image"]) == list(dataset.split("val")["image"])
+    assert not (tmp_path / "ref.partial").exists()
+
+    # interrupt after the second flushed batch of train, then rerun: it resumes at row 128, not 0
+    real_write, calls = features.write_json, []
+
+    def dying_write(path, obj):
+        real_write(path, obj)
+        if path.name == features.PROGRESS and obj["done"]:
+            calls.append(dict(obj["done"]))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(features, "write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        features.export(tmp_path / "store", dataset, **kw)
+    monkeypatch.setattr(features, "write_json", real_write)
+    with pytest.raises(DataError, match="export was interrupted; rerun it to resume"):
+        features.load_store(tmp_path / "store")
+    starts = []
+    real_stream = features._stream
+    monkeypatch.setattr(features, "_stream", lambda model, table, array, start, **k: (
+        starts.append(start), real_stream(model, table, array, start, **k))[1])
+    store = features.export(tmp_path / "store", dataset, **kw)
+    assert starts == [128, 0]  # train resumed after 2 batches of 64; val started fresh
+    for split in ("train", "val"):
+        np.testing.assert_allclose(store.embeddings(split), ref.embeddings(split), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="already exists; pass --overwrite"):
+        features.export(tmp_path / "store", dataset, **kw)
+
+
+def test_export_from_run_layer_and_projector_cli(tmp_path, tiny_run, capsys):
+    out = tmp_path / "ft"
+    assert features.main(["--model", str(tiny_run), "--layer", "head_dense_1", "--demo", "--splits", "val",
+                          "--out", str(out), "--verbose", "0"]) == 0
+    store = features.load_store(out)
+    assert store.manifest["layer"] == "head_dense_1" and store.manifest["run"] == str(tiny_run.resolve())
+    assert store.embeddings("val").shape == (60, 16)
+    assert features.main(["projector", str(out), "--split", "val", "--out", str(tmp_path / "proj")]) == 0
+    vectors = np.loadtxt(tmp_path / "proj" / "vectors.tsv", delimiter="\t")
+    meta = pd.read_csv(tmp_path / "proj" / "metadata.tsv", sep="\t")
+    assert vectors.shape == (60, 16) and len(meta) == 60 and meta.columns[0] == "image"
+    np.testing.assert_allclose(vectors, store.embeddings("val"), rtol=1e-4, atol=1e-6)
+    assert features.main(["--model", str(tiny_run), "--layer", "nope", "--demo", "--out", str(tmp_path / "x")]) == 2
+    assert "has no layer 'nope'" in capsys.readouterr().err
+
+
+def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):
+    store = features.export(tmp_path / "s", _demo(demo_root), arch="mobilenet", alpha=0.25, weights="imagenet",
+                            image_size=32, splits=["val"], batch_size=30, imagenet_probs=True, verbose=0)
+    assert store.feature_sets == ["embeddings", "imagenet_probs"]
+    assert store.embeddings("val").shape == (60, 256)
+    probs = store.embeddings("val", "imagenet_probs")
+    assert probs.shape == (60, 1000)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    with pytest.raises(Exception, match="--imagenet-probs needs a backbone with ImageNet weights"):
+        features.export(tmp_path / "t", _demo(demo_root), arch="test_tiny", weights=None, image_size=32,
+                        splits=["val"], imagenet_probs=True, verbose=0)
