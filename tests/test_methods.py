@@ -371,3 +371,20 @@ def test_reinit_mobilenet_imagenet_low_blocks_differ_from_pretrained(keras_home)
         assert not np.allclose(net.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0])
     for name in ("conv_dw_2", "conv_pw_2", "conv_pw_13"):
         np.testing.assert_array_equal(net.get_layer(name).get_weights()[0], pretrained.get_layer(name).get_weights()[0])
+
+
+def test_feature_export_with_jitter(tmp_path):
+    from mame_transfer import backbones, data, features
+
+    root = _folder_set(tmp_path / "set", n=2)
+    dataset = data.load_dataset(root)
+    kw = dict(arch="test_tiny", weights=None, image_size=16, splits=["val"], verbose=0)
+    plain = features.export(tmp_path / "plain", dataset, seed=5, **kw)
+    jit = features.export(tmp_path / "jit", dataset, jitter=True, seed=5, **kw)
+    assert jit.manifest["jitter"] is True and plain.manifest["jitter"] is False
+    feat, _ = features.embedding_model(arch="test_tiny", weights=None, image_size=16, seed=5)  # same random weights
+    batch = next(iter(data.make_pipeline(dataset.split("val"), image_size=16, batch_size=64, with_labels=False,
+                                         preprocess=backbones.get("test_tiny").preprocess)))
+    np.testing.assert_allclose(jit.embeddings("val"), tta.jitter_average(feat, batch), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(plain.embeddings("val"), np.asarray(feat(batch)), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(jit.embeddings("val"), plain.embeddings("val"))
