@@ -111,6 +111,7 @@ def compile_model(model, config: TrainConfig, num_classes: int, *, total_steps: 
         if not config.label_smoothing else _SmoothedSparseCE(config.label_smoothing, num_classes),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
+        jit_compile=True if getattr(config, "jit_compile", False) else "auto",  # auto: XLA on GPU, not on CPU
     )
     return model
 
@@ -174,14 +175,14 @@ class ResumeState:
             return None
         return state
 
-    def save(self, model, epoch: int, phase: int, callbacks_state: dict, best: dict) -> None:
+    def save(self, model, epoch: int, phase: int, callbacks_state: dict, best: dict, weights_model=None) -> None:
         import keras  # noqa: F401  (model is a keras.Model)
 
         self.dir.mkdir(parents=True, exist_ok=True)
         weights = f"epoch-{epoch}.weights.h5"
         opt = f"epoch-{epoch}.optimizer.npz"
         with atomic_path(self.dir / weights) as tmp:
-            model.save_weights(tmp)
+            (model if weights_model is None else weights_model).save_weights(tmp)  # full net, not a suffix
         with atomic_path(self.dir / opt) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, *[np.asarray(v) for v in model.optimizer.variables])
@@ -211,7 +212,7 @@ def _callback_state(cb) -> dict:
 
 
 def _make_epoch_callback(resume: ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
-                         restore: dict | None):
+                         restore: dict | None, full_model=None):
     import keras
 
     class _EpochEnd(keras.callbacks.Callback):
@@ -231,8 +232,9 @@ def _make_epoch_callback(resume: ResumeState, phase: int, tracked: dict, best: d
             if score is not None and score > best.get("val_accuracy", -1.0):
                 best.update({"val_accuracy": float(score), "epoch": int(epoch) + 1})
                 with atomic_path(best_path) as tmp:
-                    self.model.save_weights(tmp)
-            resume.save(self.model, epoch + 1, phase, {n: _callback_state(c) for n, c in tracked.items()}, best)
+                    (self.model if full_model is None else full_model).save_weights(tmp)
+            resume.save(self.model, epoch + 1, phase, {n: _callback_state(c) for n, c in tracked.items()}, best,
+                        weights_model=full_model)
 
     return _EpochEnd()
 
@@ -301,6 +303,7 @@ def train(config: TrainConfig) -> Path:
     import keras
 
     from . import backbones, data, evaluate, methods, model as model_mod, plots, varshape
+    from . import cache as prefix_cache
 
     config = resolved_config(config.validate())
     spec = backbones.get(config.arch)
@@ -319,6 +322,8 @@ def train(config: TrainConfig) -> Path:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
                  len(train_t), len(val_t), f" / test {len(dataset.split('test'))}" if "test" in dataset.subsets else "")
 
+        if config.mixed_precision != "none":  # set before building: layers take the global policy
+            keras.mixed_precision.set_global_policy(config.mixed_precision)
         strategy = make_strategy(config.strategy)
         with _scope(strategy):
             net = model_mod.build_model(config.arch, len(classes), image_size=config.image_size,
@@ -358,17 +363,20 @@ def train(config: TrainConfig) -> Path:
             if start >= p_end or stopped:
                 continue
             model_mod.set_trainable(net, config.arch, freeze)
+            # The frozen-prefix cache (mame_transfer.cache) swaps in the suffix model and cached pipelines.
+            fit_net, fit_train, fit_val, path = prefix_cache.phase_inputs(
+                net, config, freeze, train_t, val_t, work, train_ds, val_ds, epochs=p_end - max(start, p_start))
             with _scope(strategy):  # optimizer variables must be mirrored like the model's
-                compile_model(net, config, len(classes), total_steps=steps * (p_end - p_start))
+                compile_model(fit_net, config, len(classes), total_steps=steps * (p_end - p_start))
             restore = None
             if state and state["phase"] == phase and state["epoch"] >= p_start:
-                if not resume.restore_optimizer(net, state):
+                if not resume.restore_optimizer(fit_net, state):
                     log.warning("optimizer state could not be restored; continuing with a fresh optimizer")
                 restore = state["callbacks"]
             summary = model_mod.trainable_summary(net)
-            log.info("phase %d: epochs %d-%d, freeze until %s, %s trainable / %s frozen parameters, path: full network",
+            log.info("phase %d: epochs %d-%d, freeze until %s, %s trainable / %s frozen parameters, path: %s",
                      phase + 1, max(start, p_start) + 1, p_end, freeze,
-                     f"{summary['trainable_params']:,}", f"{summary['frozen_params']:,}")
+                     f"{summary['trainable_params']:,}", f"{summary['frozen_params']:,}", path)
             tracked = {}
             if config.early_stopping:
                 tracked["early_stopping"] = keras.callbacks.EarlyStopping(
@@ -378,9 +386,9 @@ def train(config: TrainConfig) -> Path:
                     monitor="val_loss", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=1e-7)
             callbacks = list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
-                _make_epoch_callback(resume, phase, tracked, best, work / "best.weights.h5", restore),
+                _make_epoch_callback(resume, phase, tracked, best, work / "best.weights.h5", restore, full_model=net),
             ]
-            history = net.fit(train_ds, validation_data=val_ds, epochs=p_end, initial_epoch=max(start, p_start),
+            history = fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
                               steps_per_epoch=steps if config.steps_per_epoch else None,
                               class_weight=cw, callbacks=callbacks, verbose=config.verbose,
                               shuffle=False)  # the tf.data pipeline shuffles (seeded) itself
@@ -397,12 +405,15 @@ def train(config: TrainConfig) -> Path:
         with atomic_path(work / "model.keras") as tmp:
             net.save(tmp)
     finally:
+        if config.mixed_precision != "none":
+            keras.mixed_precision.set_global_policy("float32")
         log.removeHandler(handler)
         handler.close()
     # Everything is written: drop the resume state and make the directory visible under its final name.
     import shutil
 
     shutil.rmtree(work / STATE_DIR, ignore_errors=True)
+    shutil.rmtree(work / "prefix_cache", ignore_errors=True)
     (work / "best.weights.h5").unlink(missing_ok=True)
     if final.exists():
         shutil.rmtree(final)
