@@ -47,20 +47,29 @@ COLUMNS = ["Image file", "Medium", "Museum", "Museum-based instance ID", "Subset
 # --------------------------------------------------------------------------------------------- data sets
 
 
+GRAIN = 24  # amplitude of the per-pixel grain (more grain = larger files, costlier entropy decoding)
+
+
 def _texture(rng, h, w):
     """A photo-like image: smooth colour fields plus fine grain (so JPEG decoding costs what real images do)."""
     from PIL import Image
 
     low = rng.uniform(0, 255, (max(2, h // 64), max(2, w // 64), 3)).astype(np.uint8)
     base = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), np.int16)
-    grain = rng.integers(-24, 25, (h, w, 1), dtype=np.int16)
+    grain = rng.integers(-GRAIN, GRAIN + 1, (h, w, 1), dtype=np.int16)
     return np.clip(base + grain, 0, 255).astype(np.uint8)
+
+
+def _set_grain(value: int) -> None:
+    global GRAIN
+    GRAIN = int(value)
 
 
 def _write_one(args):
     from PIL import Image
 
-    path, h, w, seed = args
+    global GRAIN
+    path, h, w, seed, GRAIN = args
     rng = np.random.default_rng(seed)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(_texture(rng, h, w)).save(path, quality=90)
@@ -81,7 +90,7 @@ def make_mame(root: Path, n: int, *, sizes=(256, 256), seed: int = 0, workers: i
         label = CLASSES[i % len(CLASSES)]
         h, w = (int(rng.integers(sizes[0], sizes[1] + 1)) for _ in range(2))
         name = f"{label.replace(' ', '_')}/img{i:05d}.jpg"
-        jobs.append((str(root / "data_256" / name), h, w, seed * 100000 + i))
+        jobs.append((str(root / "data_256" / name), h, w, seed * 100000 + i, GRAIN))
         subset = "train" if i < n else "val"
         rows.append([name, label, "Metropolitan Museum of Art", f"B.{i}", subset, w, h, w * h, round(w / h, 4)])
     with ProcessPoolExecutor(workers) as pool:
@@ -295,7 +304,11 @@ def rss_child(root: str, n: int, arch: str) -> None:
     out = Path(tempfile.mkdtemp(prefix="bench_rss_")) / "store"
     features.export(out, sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0)
     shutil.rmtree(out.parent, ignore_errors=True)
-    print(json.dumps({"n": n, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM is the peak RSS of this process image; ru_maxrss is not usable here: Linux carries the parent's
+    # peak over fork + exec, so every child would report at least the benchmark process's own RSS.
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"n": n, "maxrss_mib": hwm / 1024,
+                      "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def bench_rss(root: Path, n: int, rounds: int, arch: str) -> dict:
@@ -324,7 +337,9 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
     t0 = time.perf_counter()
     make_mame(src, n, sizes=(2000, 3000), workers=workers)
     gen = time.perf_counter() - t0
-    print(f"generated {n + len(CLASSES)} JPEGs of 2000-3000 px in {gen:.0f} s (not measured)", flush=True)
+    sizes = [p.stat().st_size for p in (src / "data_256").rglob("*.jpg")]
+    print(f"generated {n + len(CLASSES)} JPEGs of 2000-3000 px (grain {GRAIN}, median file "
+          f"{np.median(sizes) / 2**20:.2f} MiB) in {gen:.0f} s (not measured)", flush=True)
     times = {"draft": [], "full": []}
     for r in range(rounds):
         for key in (("draft", "full") if r % 2 == 0 else ("full", "draft")):
@@ -350,7 +365,8 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
                full_img_s=count / med(times["full"]), speedup=med(times["full"]) / med(times["draft"]),
                tfdata_images=len(table), tfdata_ratio_img_s=len(table) / med(tf_times["ratio"]),
                tfdata_plain_img_s=len(table) / med(tf_times["plain"]),
-               tfdata_speedup=med(tf_times["plain"]) / med(tf_times["ratio"]), generation_s=gen,
+               tfdata_speedup=med(tf_times["plain"]) / med(tf_times["ratio"]), generation_s=gen, grain=GRAIN,
+               median_file_mib=float(np.median(sizes) / 2**20),
                times=times, tf_times=tf_times)
     print(json.dumps(res), flush=True)
     return res
@@ -415,7 +431,8 @@ def report(res: dict, argv: list[str]) -> str:
                   f"Ratio 4N / N: **{r['ratio']:.3f}**", ""]
     if "prepare" in res:
         p = res["prepare"]
-        lines += [f"### prepare: {p['images']} JPEGs of 2000-3000 px -> 256 px, {p['workers']} workers", "",
+        lines += [f"### prepare: {p['images']} JPEGs of 2000-3000 px (grain {p['grain']}, median file "
+                  f"{p['median_file_mib']:.2f} MiB) -> 256 px, {p['workers']} workers", "",
                   "| decode | img/s |", "|---|---|",
                   f"| full-resolution decode (`--no-draft`) | {p['full_img_s']:.1f} |",
                   f"| DCT-domain downscaling (`Image.draft`) | {p['draft_img_s']:.1f} |", "",
@@ -439,11 +456,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prepare-n", type=int, default=2000)
     ap.add_argument("--tfdata-n", type=int, default=128)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--grain", type=int, default=GRAIN, help="grain amplitude of the generated JPEGs")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    _set_grain(args.grain)
     if args.rss_child is not None:
         rss_child(args.root, args.rss_child, args.export_arch)
         return 0

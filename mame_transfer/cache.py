@@ -357,9 +357,8 @@ def _fill_split(cut: Cut, fn, make_images: Callable, n: int, copies: int, dtype:
         marker.unlink(missing_ok=True)
     cache = FeatureCache(n * copies, cut.feature_shape, dtype, path)
     row = 0
-    for _ in range(copies):
-        # Each pass over an augmenting pipeline draws new random views (its seeds re-randomize per iteration).
-        row = cache.fill(fn, make_images())
+    for k in range(copies):
+        row = cache.fill(fn, make_images(k), start=row)  # copy k: its own augmentation seed
     if row != cache.rows:
         raise ConfigError(f"prefix cache filled {row} rows, expected {cache.rows}")
     if marker is not None:
@@ -383,8 +382,9 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
     t0 = time.perf_counter()
 
     def images(table, aug):
-        return lambda: data.make_pipeline(table, image_size=image_size, preprocess=preprocess, batch_size=batch_size,
-                                          training=False, shuffle=False, augment=aug, seed=seed, with_labels=False)
+        return lambda k=0: data.make_pipeline(table, image_size=image_size, preprocess=preprocess,
+                                              batch_size=batch_size, training=False, shuffle=False, augment=aug,
+                                              seed=seed + 7919 * k, with_labels=False)
 
     folder = Path(cache_dir) / "prefix_cache" if disk else None
     train_key = dict(base, split="train", n=len(train_table), copies=plan.copies, augment=augment, seed=seed,

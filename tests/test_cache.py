@@ -108,6 +108,19 @@ def test_disk_float16_cache_and_augmented_copies(tmp_path):
     assert seen == {0, 2, 4, 6, 8, 10}
 
 
+def test_augmented_copies_are_filled_with_different_views(images):
+    net = model_mod.build_model("test_tiny", 3, image_size=32, weights=None, head="8", freeze_until="block1")
+    b = model_mod.frozen_boundary(net, "test_tiny", "block1")
+    plan = cache.plan_phase(net, b, mode="memory", augment=True, augment_copies=2, n_train=12, n_val=12, epochs=3)
+    phase = cache.build_phase(plan, train_table=images, val_table=images, image_size=32,
+                              preprocess=backbones.get("test_tiny").preprocess, batch_size=4, seed=0, augment=True)
+    train, val = phase.caches
+    assert train.rows == 24 and val.rows == 12
+    assert not np.allclose(train.array[:12], train.array[12:])  # two random views per image
+    x, y = next(iter(phase.train_ds))
+    assert x.shape == (4, 16, 16, 8) and y.shape == (4,)
+
+
 def test_plan_phase_paths_and_reasons(tmp_path):
     net = model_mod.build_model("test_tiny", 3, image_size=32, weights=None, head="8", freeze_until="block2")
     b = model_mod.frozen_boundary(net, "test_tiny", "block2")
