@@ -1,6 +1,7 @@
 """Average the predicted probabilities of several runs: ``python -m mame_transfer.ensemble RUN RUN ...``.
 
-Follows the pattern of Gonthier et al. 2020 (Table 1): each member's scores are reported beside the ensemble's.
+Follows the pattern of Gonthier, Gousseau & Ladjal 2020 ("An analysis of the transfer learning of convolutional
+neural networks for artistic images", Table 1): each member's scores are reported beside the ensemble's.
 With ``--weighted`` a member's weight is its validation top-1 (from its ``metrics.json``; computed when missing).
 Weighting by val accuracy and then scoring on val is optimistic: report ``--split test`` when the set has one.
 

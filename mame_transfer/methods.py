@@ -5,7 +5,8 @@
   initial weights; ``--block-lr "block1-block3:1e-2,block4-block5:1e-4,head:1e-2"`` gives each group of blocks its
   own learning rate through ``keras.optimizers.MultiOptimizer`` (one inner optimizer per group, variables
   routed by path). ``ReduceLROnPlateau`` scales every inner optimizer by the same factor, so the ratios hold.
-* Double fine-tuning (Gonthier et al. 2020, "Learning from the past: fine-tuning twice"): ``--init-from
+* Double fine-tuning (Gonthier, Gousseau & Ladjal 2020, "An analysis of the transfer learning of convolutional
+  neural networks for artistic images"): ``--init-from
   saved_models/<run>`` copies the backbone weights of a finished run; the head is always new (the label set
   may differ).
 
