@@ -146,7 +146,7 @@ def test_finetune_logs_the_path_and_trains_on_the_cache(demo_root, tmp_path):
     args = ["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "16",
             "--batch-size", "16", "--lr", "3e-3", "--verbose", "0", "--freeze-until", "block2"]
     out = tmp_path / "cached"
-    assert finetune.main(args + ["--no-augment", "--epochs", "3", "--warmup-epochs", "1", "--prefix-cache", "disk",
+    assert finetune.main(args + ["--no-augment", "--epochs", "2", "--warmup-epochs", "1", "--prefix-cache", "disk",
                                  "--cache-dtype", "float16", "--out", str(out)]) == 0
     log = (out / "run.log").read_text()
     assert "freeze until all" in log and "path: cached-disk prefix cache (layers up to 'global_pool'" in log
