@@ -128,6 +128,20 @@ def build_model(
     return model
 
 
+def layer_output(model, name: str, *, spatial: bool = False, purpose: str = "this analysis"):
+    """The output tensor of layer ``name``; errors name the layer (and the expected rank when ``spatial``)."""
+    from .errors import ConfigError
+
+    try:
+        out = model.get_layer(name).output
+    except ValueError:
+        tail = ", ".join(layer.name for layer in model.layers[-8:])
+        raise ConfigError(f"model {model.name!r} has no layer {name!r} (last layers: {tail})") from None
+    if spatial and len(out.shape) != 4:
+        raise ConfigError(f"{purpose} needs a spatial layer; {name!r} has output shape {tuple(out.shape)}")
+    return out
+
+
 def embedding_layer_name(model) -> str:
     """Default embedding layer: the last hidden head layer, else the pooled backbone features."""
     dense = [layer.name for layer in model.layers if layer.name.startswith("head_dense_")]

@@ -55,13 +55,9 @@ class FourierImage:
 def channel_objective_model(model, layer: str):
     import keras
 
-    try:
-        out = model.get_layer(layer).output
-    except ValueError:
-        raise ConfigError(f"model {model.name!r} has no layer {layer!r}") from None
-    if len(out.shape) != 4:
-        raise ConfigError(f"feature visualisation needs a spatial layer; {layer!r} has output shape {out.shape}")
-    return keras.Model(model.inputs[0], out)
+    from ..model import layer_output
+
+    return keras.Model(model.inputs[0], layer_output(model, layer, spatial=True, purpose="feature visualisation"))
 
 
 def visualize_channel(model, layer: str, channel: int, *, size: int = 128, steps: int = 128, lr: float = 0.05,

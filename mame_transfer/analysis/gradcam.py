@@ -36,12 +36,9 @@ def gradcam(model, images: np.ndarray, *, layer: str | None = None, targets: Seq
     from .sources import last_spatial_layer
 
     layer = layer or last_spatial_layer(model)
-    try:
-        feature = model.get_layer(layer).output
-    except ValueError:
-        raise ConfigError(f"model {model.name!r} has no layer {layer!r}") from None
-    if len(feature.shape) != 4:
-        raise ConfigError(f"Grad-CAM needs a spatial layer; {layer!r} has output shape {feature.shape}")
+    from ..model import layer_output
+
+    feature = layer_output(model, layer, spatial=True, purpose="Grad-CAM")
     names = [lay.name for lay in model.layers]
     head = model.get_layer("predictions") if "predictions" in names else None
     use_logits = head is not None and isinstance(head, keras.layers.Dense)
