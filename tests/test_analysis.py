@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,6 +185,22 @@ def test_featvis_increases_channel_activation():
     assert r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8
     assert r["end"] > r["start"] + 1e-3
     assert isinstance(featvis.featvis_figure([[r["image"]]], ["m"], ["c3"]), Figure)
+
+
+def test_featvis_dead_relu_channel_is_optimised_before_the_relu():
+    """A channel that is zero after its ReLU on every image still gets a gradient (pre-activation objective)."""
+    spec = backbones.get("test_tiny")
+    model = spec.build(input_shape=(32, 32, 3))
+    conv = model.get_layer("block2_conv1")
+    kernel, bias = conv.get_weights()
+    bias[3] = -50.0
+    conv.set_weights([kernel, bias])
+    x = spec.preprocess(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32"))
+    relu_out = keras.Model(model.inputs[0], model.get_layer("block2_relu").output)(x)
+    assert float(np.max(np.asarray(relu_out)[..., 3])) == 0.0  # dead after the ReLU
+    r = featvis.visualize_channel(model, "block2_relu", 3, size=32, steps=16, lr=0.1, jitter=0,
+                                  preprocess=spec.preprocess)
+    assert r["end"] > r["start"] + 1e-3
 
 
 # ----------------------------------------------------------------------------------------------- CLI

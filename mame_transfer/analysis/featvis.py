@@ -53,11 +53,22 @@ class FourierImage:
 
 
 def channel_objective_model(model, layer: str):
+    """Model from the input to the objective tensor of ``layer``.
+
+    A ReLU layer is optimised on its input (the pre-activation, like Lucid's ``*_pre_relu`` objectives): a
+    channel that is zero (or saturated at ReLU6) on the starting image would otherwise get no gradient at all.
+    """
     import keras
 
     from ..model import layer_output
 
-    return keras.Model(model.inputs[0], layer_output(model, layer, spatial=True, purpose="feature visualisation"))
+    out = layer_output(model, layer, spatial=True, purpose="feature visualisation")
+    target = model.get_layer(layer)
+    is_relu = isinstance(target, keras.layers.ReLU) or (
+        isinstance(target, keras.layers.Activation) and "relu" in str(target.get_config().get("activation")))
+    if is_relu:
+        out = target.input
+    return keras.Model(model.inputs[0], out)
 
 
 def visualize_channel(model, layer: str, channel: int, *, size: int = 128, steps: int = 128, lr: float = 0.05,
