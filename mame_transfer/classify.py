@@ -352,19 +352,10 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """The table as GitHub Markdown (numbers rounded; NaN shown as '–')."""
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in table.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            if isinstance(v, float):
-                cells.append("–" if np.isnan(v) else (f"{v:.2f}" if c.endswith("_s") else f"{v:.4f}"))
-            else:
-                cells.append(str(v).replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The table as GitHub Markdown (scores with 4 decimals, seconds with 2; NaN shown as '–')."""
+    from .fileio import markdown_table as to_markdown
+
+    return to_markdown(table, column_formats={"_s": "{:.2f}"})
 
 
 def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError, MameTransferError
-from .fileio import write_json, write_text
+from .fileio import markdown_table, write_json, write_text
 
 COLUMNS = ("model", "weight", "top1", "top3", "top5", "macro_f1")
 
@@ -133,14 +133,6 @@ def ensemble_runs(runs: Sequence[str | Path], *, split: str = "val", weighted: b
         evaluate.write_split_artifacts(out, split, table, mix, classes)
         write_json(out / "metrics.json", result)
     return frame, result
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """The comparison table as GitHub Markdown (scores with 4 decimals)."""
-    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    body = "".join("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
-                   for row in frame.itertuples(index=False))
-    return head + body
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,3 +53,33 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def markdown_table(frame, *, float_format: str = "{:.4f}", nan: str = "–",
+                   column_formats: dict[str, str] | None = None) -> str:
+    """A DataFrame as a GitHub Markdown table.
+
+    Args:
+        float_format: format of float cells.
+        nan: text of NaN / None cells.
+        column_formats: float format per column-name suffix (e.g. ``{"_s": "{:.2f}"}`` for seconds).
+    """
+    import math
+
+    import numpy as np
+
+    cols = [str(c) for c in frame.columns]
+    formats = [next((f for suffix, f in (column_formats or {}).items() if c.endswith(suffix)), float_format)
+               for c in cols]
+
+    def cell(value, fmt: str) -> str:
+        if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+            return nan
+        if isinstance(value, (float, np.floating)):
+            return fmt.format(value)
+        return str(value).replace("|", "/")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v, f) for v, f in zip(row, formats)) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

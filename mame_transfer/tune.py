@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +39,7 @@ import numpy as np
 from . import config as cfg
 from .config import TrainConfig
 from .errors import ConfigError, MameTransferError
-from .fileio import atomic_path, write_json, write_text
+from .fileio import atomic_path, markdown_table, write_json, write_text
 
 log = logging.getLogger("mame_transfer")
 
@@ -587,21 +587,6 @@ def score_vs_lr_figure(table, objective: str):
     return fig
 
 
-def _markdown(table) -> str:
-    cols = list(table.columns)
-
-    def fmt(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overrides: dict) -> dict:
     """Check every trial really trained, then write the table, plots, best.yaml and search.json."""
     from . import plots
@@ -611,7 +596,7 @@ def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overr
     if table.empty:
         raise TuneError(f"{folder}: the search ran no trial")
     write_text(folder / "trials.csv", table.to_csv(index=False))
-    write_text(folder / "trials.md", _markdown(table))
+    write_text(folder / "trials.md", markdown_table(table, float_format="{:.4g}", nan=""))
     bad = table[table["status"] != "COMPLETED"]
     if len(bad):
         first = oracle.trials[bad["trial"].iloc[0]]
