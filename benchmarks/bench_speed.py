@@ -145,9 +145,13 @@ def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict
     import keras
     import tensorflow as tf
 
-    from mame_transfer import backbones, cache, data, model as model_mod
+    from mame_transfer.datasets.pipeline import make_pipeline
+    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.models import backbones
+    from mame_transfer.models import build as model_mod
+    from mame_transfer.training import prefix_cache as cache
 
-    dataset = data.load_dataset(root, require=("train",))
+    dataset = load_dataset(root, require=("train",))
     table = dataset.split("train")
     folders = image_folder_train(root, n)
     results = []
@@ -178,7 +182,7 @@ def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict
             raise SystemExit(f"{arch} {freeze}: no cut ({why})")
         store = cache.FeatureCache(len(table), cut.feature_shape, "float32")
         fn = cache.prefix_function(cut)
-        images = data.make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
+        images = make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
                                     training=False, shuffle=False, with_labels=False)
         t0 = time.perf_counter()
         store.fill(fn, images)
@@ -234,24 +238,28 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
     import keras
     import tensorflow as tf
 
-    from mame_transfer import backbones, cache, data, features
+    from mame_transfer.datasets.pipeline import make_pipeline
+    from mame_transfer.datasets.tables import Dataset, load_dataset
+    from mame_transfer.models import backbones
+    from mame_transfer.store.export import embedding_model
+    from mame_transfer.store.export import export as export_store
 
     spec = backbones.get(arch)
     size = 224
-    dataset = data.load_dataset(root, require=("train",))
+    dataset = load_dataset(root, require=("train",))
     table = dataset.split("train")
-    small = data.Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n // 4].reset_index(drop=True),
+    small = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n // 4].reset_index(drop=True),
                          dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
-    full = data.Dataset(dataset.table[dataset.table["subset"] == "train"].reset_index(drop=True),
+    full = Dataset(dataset.table[dataset.table["subset"] == "train"].reset_index(drop=True),
                         dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
     folders = image_folder_train(root, n)
-    feat, _ = features.embedding_model(arch=arch, weights=None, image_size=size)
+    feat, _ = embedding_model(arch=arch, weights=None, image_size=size)
     fwd = tf.function(lambda x: feat(x, training=False))
     tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
     times = {k: [] for k in ("limit", "pipeline", "idfd", "export_n4", "export_n")}
 
     def ours():
-        pipe = data.make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
+        pipe = make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
                                   training=False, shuffle=False, with_labels=False)
         arr = np.lib.format.open_memmap(tmp / "ours.npy", mode="w+", dtype=np.float32, shape=(len(table), feat.output.shape[-1]))
         row = 0
@@ -269,7 +277,7 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
         np.save(tmp / "idfd.npy", feat.predict(ds, verbose=0))
 
     def export(ds, name):
-        features.export(tmp / name, ds, arch=arch, weights=None, image_size=size, batch_size=batch, verbose=0,
+        export_store(tmp / name, ds, arch=arch, weights=None, image_size=size, batch_size=batch, verbose=0,
                         overwrite=True)
 
     ours()
@@ -296,13 +304,14 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
 
 def rss_child(root: str, n: int, arch: str) -> None:
     """Run one export of the first n train images in this (fresh) process and print the peak RSS."""
-    from mame_transfer import data, features
+    from mame_transfer.datasets.tables import Dataset, load_dataset
+    from mame_transfer.store.export import export
 
-    dataset = data.load_dataset(root, require=("train",))
-    sub = data.Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n].reset_index(drop=True),
+    dataset = load_dataset(root, require=("train",))
+    sub = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n].reset_index(drop=True),
                        dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
     out = Path(tempfile.mkdtemp(prefix="bench_rss_")) / "store"
-    features.export(out, sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0)
+    export(out, sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0)
     shutil.rmtree(out.parent, ignore_errors=True)
     # VmHWM is the peak RSS of this process image; ru_maxrss is not usable here: Linux carries the parent's
     # peak over fork + exec, so every child would report at least the benchmark process's own RSS.
@@ -328,9 +337,10 @@ def bench_rss(root: Path, n: int, rounds: int, arch: str) -> dict:
 
 
 def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
-    import tensorflow as tf
 
-    from mame_transfer import data, prepare
+    from mame_transfer.datasets.pipeline import make_pipeline
+    from mame_transfer.datasets.prepare import prepare
+    from mame_transfer.datasets.tables import load_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     src = tmp / "src"
@@ -345,20 +355,20 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
         for key in (("draft", "full") if r % 2 == 0 else ("full", "draft")):
             out = tmp / f"out_{key}"
             shutil.rmtree(out, ignore_errors=True)
-            res = prepare.prepare(src, out, 256, draft=key == "draft", workers=workers, progress=False)
+            res = prepare(src, out, 256, draft=key == "draft", workers=workers, progress=False)
             times[key].append(res["seconds"])
             shutil.rmtree(out, ignore_errors=True)
     count = n + len(CLASSES)
     # tf.data decode + resize to 224 of the large JPEGs, with and without DCT-domain ratio decoding.
-    table = data.load_dataset(src, require=("train",)).split("train").iloc[:tfdata_n].reset_index(drop=True)
+    table = load_dataset(src, require=("train",)).split("train").iloc[:tfdata_n].reset_index(drop=True)
     tf_times = {"ratio": [], "plain": []}
     for key in ("ratio", "plain"):  # untimed warm-up: the first pipeline pays TensorFlow's one-time costs
-        for _ in data.make_pipeline(table.iloc[:8], image_size=224, preprocess=None, batch_size=32, shuffle=False,
+        for _ in make_pipeline(table.iloc[:8], image_size=224, preprocess=None, batch_size=32, shuffle=False,
                                     with_labels=False, dct_ratio=key == "ratio"):
             pass
     for r in range(rounds):
         for key in (("ratio", "plain") if r % 2 == 0 else ("plain", "ratio")):
-            pipe = data.make_pipeline(table, image_size=224, preprocess=None, batch_size=32, shuffle=False,
+            pipe = make_pipeline(table, image_size=224, preprocess=None, batch_size=32, shuffle=False,
                                       with_labels=False, dct_ratio=key == "ratio")
             t0 = time.perf_counter()
             for _ in pipe:

@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ConfigError, MameTransferError
-from .fileio import write_json, write_text
+from mame_transfer.core.errors import ConfigError, MameTransferError
+from mame_transfer.core.fileio import write_json, write_text
 
 
 def _out_dir(args, *sources) -> Path:
@@ -37,7 +37,7 @@ def _out_dir(args, *sources) -> Path:
 
 def _pair(args):
     """Load ``--a`` and ``--b``; a bare backbone is fed at the run's image size."""
-    from .analysis.sources import load_source
+    from mame_transfer.analysis.sources import load_source
 
     size = args.image_size
     first = [s for s in (args.a, args.b) if s and Path(s).expanduser().is_dir()]
@@ -55,7 +55,7 @@ def _pair(args):
 
 
 def _table(args, a, b):
-    from .analysis.sources import load_table, stratified_sample
+    from mame_transfer.analysis.sources import load_table, stratified_sample
 
     run = next((s for s in (b, a) if s is not None and s.config is not None), None)
     table, classes = load_table(data=args.data, source=run, split=args.split, toy=args.toy)
@@ -64,7 +64,7 @@ def _table(args, a, b):
 
 
 def _common_layers(args, a, b) -> list[str]:
-    from .analysis.sources import spatial_layers
+    from mame_transfer.analysis.sources import spatial_layers
 
     layers = spatial_layers(a.model, args.layers, pattern=args.layer_pattern)
     if b is not None:
@@ -82,9 +82,9 @@ def _common_layers(args, a, b) -> list[str]:
 
 
 def cmd_project(args) -> int:
-    from . import plots
-    from .analysis import projections as pj
-    from .features import load_store
+    from mame_transfer.analysis import projections as pj
+    from mame_transfer.core import plots
+    from mame_transfer.store.store import load_store
 
     store = load_store(args.store)
     split = args.split or ("train" if "train" in store.splits else store.splits[0])
@@ -130,9 +130,9 @@ def cmd_project(args) -> int:
 def cmd_gradcam(args) -> int:
     import pandas as pd
 
-    from . import plots
-    from .analysis import gradcam as gc
-    from .analysis.sources import load_images, load_source, load_table
+    from mame_transfer.analysis import gradcam as gc
+    from mame_transfer.analysis.sources import load_images, load_source, load_table
+    from mame_transfer.core import plots
 
     src = load_source(args.run)
     if src.classes is None:
@@ -143,7 +143,7 @@ def cmd_gradcam(args) -> int:
     if args.split:
         table, classes = load_table(data=args.data, source=src, split=args.split, toy=args.toy)
         if list(classes) != list(src.classes):
-            from .evaluate import align_to_classes
+            from mame_transfer.inference.metrics import align_to_classes
 
             table = align_to_classes(table, src.classes, str(args.data))
         n = min(args.n, len(table))
@@ -171,7 +171,7 @@ def cmd_gradcam(args) -> int:
         cams.append(c)
         proba.append(p)
     cams, proba = np.concatenate(cams), np.concatenate(proba)
-    from .analysis.sources import last_spatial_layer
+    from mame_transfer.analysis.sources import last_spatial_layer
 
     layer = layer or last_spatial_layer(src.model)
     pred = proba.argmax(1)
@@ -198,15 +198,15 @@ def cmd_gradcam(args) -> int:
 def cmd_cka(args) -> int:
     import pandas as pd
 
-    from . import plots
-    from .analysis import cka
-    from .analysis.sources import image_batches
+    from mame_transfer.analysis import cka
+    from mame_transfer.analysis.sources import image_batches
+    from mame_transfer.core import plots
 
     a, b = _pair(args)
     table, _ = _table(args, a, b)
     out = _out_dir(args, b, a)
     if args.matrix:
-        from .analysis.sources import spatial_layers
+        from mame_transfer.analysis.sources import spatial_layers
 
         la = spatial_layers(a.model, args.layers, pattern=args.layer_pattern)
         lb = spatial_layers(b.model, args.layers, pattern=args.layer_pattern)
@@ -252,9 +252,9 @@ def cmd_cka(args) -> int:
 def cmd_maxact(args) -> int:
     import pandas as pd
 
-    from . import plots
-    from .analysis import maxact as mx
-    from .analysis.sources import image_batches, thumbnail
+    from mame_transfer.analysis import maxact as mx
+    from mame_transfer.analysis.sources import image_batches, thumbnail
+    from mame_transfer.core import plots
 
     a, b = _pair(args)
     table, classes = _table(args, a, b)
@@ -320,8 +320,8 @@ def cmd_maxact(args) -> int:
 
 
 def cmd_featvis(args) -> int:
-    from . import plots
-    from .analysis import featvis as fv
+    from mame_transfer.analysis import featvis as fv
+    from mame_transfer.core import plots
 
     a, b = _pair(args)
     layer = args.layer or _common_layers(args, a, b)[-1]

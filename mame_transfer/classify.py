@@ -23,430 +23,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
-import pandas as pd
+from mame_transfer.classifiers.comparison import FEATURE_SETS
+from mame_transfer.classifiers.estimators import CLASSIFIERS
+from mame_transfer.core import cli
+from mame_transfer.core.errors import ConfigError
 
-from .errors import ConfigError, DataError, MameTransferError
-from .fileio import atomic_path, write_json, write_text
 
-CLASSIFIERS = ("linear_svc", "svc_rbf", "svc_sigmoid", "logreg", "knn", "random_forest", "voting")
-FEATURE_SETS = ("embeddings", "embeddings+metadata", "embeddings+metadata+umap", "metadata")
-
-
-# ------------------------------------------------------------------------------------------------- estimators
-
-
-def _estimators(seed: int = 0) -> dict[str, Callable]:
-    from sklearn.ensemble import RandomForestClassifier, VotingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.svm import SVC, LinearSVC
-
-    def voting():
-        # Soft voting needs probabilities from every member; SVC gets them by Platt scaling.
-        return VotingClassifier([
-            ("logreg", LogisticRegression(C=0.1, max_iter=2000)),
-            ("svc", SVC(kernel="rbf", C=1.0, probability=True, random_state=seed)),
-            ("knn", KNeighborsClassifier(n_neighbors=10, weights="distance")),
-            ("rf", RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)),
-        ], voting="soft")
-
-    return {
-        "linear_svc": lambda: LinearSVC(C=1.0, max_iter=5000, random_state=seed),
-        "svc_rbf": lambda: SVC(kernel="rbf", random_state=seed),
-        "svc_sigmoid": lambda: SVC(kernel="sigmoid", random_state=seed),
-        "logreg": lambda: LogisticRegression(max_iter=2000),
-        "knn": lambda: KNeighborsClassifier(),
-        "random_forest": lambda: RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1),
-        "voting": voting,
-    }
-
-
-# Small grids (3-fold CV on train). ``fast`` grids: one or two values, for tests and the notebook.
-GRIDS = {
-    "linear_svc": {"clf__C": [0.001, 0.01, 0.1, 1.0]},
-    "svc_rbf": {"clf__C": [1.0, 10.0, 100.0], "clf__gamma": ["scale", 0.1]},
-    "svc_sigmoid": {"clf__C": [0.1, 1.0, 10.0], "clf__gamma": ["scale", 0.01]},
-    "logreg": {"clf__C": [0.01, 0.1, 1.0]},
-    "knn": {"clf__n_neighbors": [5, 10, 20], "clf__weights": ["uniform", "distance"]},
-    "random_forest": {"clf__max_depth": [None, 20], "clf__max_features": ["sqrt", 0.3]},
-    "voting": {},
-}
-FAST_GRIDS = {
-    "linear_svc": {"clf__C": [0.01, 1.0]},
-    "svc_rbf": {"clf__C": [1.0, 10.0]},
-    "svc_sigmoid": {"clf__C": [0.1, 1.0]},
-    "logreg": {"clf__C": [0.1, 1.0]},
-    "knn": {"clf__n_neighbors": [5, 10]},
-    "random_forest": {"clf__max_depth": [None]},
-    "voting": {},
-}
-# Fixed settings of the fast mode (fewer trees), applied without search.
-FAST_FIXED = {"random_forest": {"clf__n_estimators": 50}, "voting": {"clf__rf__n_estimators": 50}}
-
-
-def make_pipeline(name: str, seed: int = 0):
-    """``StandardScaler`` + the named classifier (one of :data:`CLASSIFIERS`)."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    est = _estimators(seed)
-    if name not in est:
-        raise ConfigError(f"unknown classifier {name!r}. Choose from: {', '.join(CLASSIFIERS)}")
-    return Pipeline([("scale", StandardScaler()), ("clf", est[name]())])
-
-
-# ------------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class Inputs:
-    """Design matrices per split for one feature set, labels, and column names."""
-
-    X: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    names: list[str]
-
-
-@dataclass
-class Source:
-    """What the comparison reads: per split an embedding matrix (or None) and a metadata table."""
-
-    classes: list[str]
-    embeddings: dict[str, np.ndarray | None]
-    metadata: dict[str, pd.DataFrame]
-    description: str = ""
-
-    @property
-    def splits(self) -> list[str]:
-        return [s for s in ("train", "val", "test") if s in self.metadata]
-
-
-def source_from_store(store, feature_set: str = "embeddings") -> Source:
-    """Read a feature store (path or :class:`~mame_transfer.features.FeatureStore`) into memory."""
-    from . import features
-
-    store = store if isinstance(store, features.FeatureStore) else features.load_store(store)
-    if "train" not in store.splits:
-        raise DataError(f"{store.path / features.MANIFEST}: the comparison needs a 'train' split "
-                        f"(present: {', '.join(store.splits)}).")
-    emb = {s: np.asarray(store.embeddings(s, feature_set), dtype=np.float32) for s in store.splits}
-    meta = {s: store.metadata(s) for s in store.splits}
-    m = store.manifest
-    desc = f"{m.get('arch')} {m.get('layer')} ({feature_set}) from {store.path}"
-    return Source(store.classes, emb, meta, desc)
-
-
-def source_from_dataset(dataset) -> Source:
-    """Metadata only (no images needed): a :class:`mame_transfer.data.Dataset`."""
-    meta = {s: dataset.split(s) for s in dataset.subsets}
-    return Source(list(dataset.classes), {s: None for s in meta}, meta, f"metadata of {dataset.source}")
-
-
-def build_inputs(source: Source, feature_set: str, *, umap_components: int = 8, seed: int = 0,
-                 umap_cache: dict | None = None, umap_factory: Callable | None = None) -> Inputs:
-    """Design matrices of one feature set; UMAP is fitted on train only and applied to the other splits."""
-    from . import data
-
-    if feature_set not in FEATURE_SETS:
-        raise ConfigError(f"unknown feature set {feature_set!r}. Choose from: {', '.join(FEATURE_SETS)}")
-    splits = source.splits
-    y = {s: source.metadata[s]["label_index"].to_numpy(dtype=int) for s in splits}
-    parts: dict[str, list[np.ndarray]] = {s: [] for s in splits}
-    names: list[str] = []
-    uses_emb = feature_set.startswith("embeddings")
-    if uses_emb:
-        if source.embeddings.get("train") is None:
-            raise ConfigError(f"feature set {feature_set!r} needs embeddings; {source.description} has none")
-        for s in splits:
-            parts[s].append(source.embeddings[s])
-        names += [f"e{i}" for i in range(source.embeddings["train"].shape[1])]
-    if "metadata" in feature_set:
-        museums = sorted(source.metadata["train"]["museum"].astype(str).unique())
-        for s in splits:
-            table = source.metadata[s].copy()
-            table["museum"] = table["museum"].astype(str)
-            X, meta_names = data.metadata_features(table, museums)
-            parts[s].append(X)
-        names += meta_names
-    if feature_set.endswith("+umap"):
-        cache = umap_cache if umap_cache is not None else {}
-        key = ("umap", umap_components, seed)
-        if key not in cache:
-            cache[key] = fit_umap(source.embeddings, splits, umap_components, seed, umap_factory)
-        for s in splits:
-            parts[s].append(cache[key][s])
-        names += [f"umap{i}" for i in range(umap_components)]
-    X = {s: np.hstack(parts[s]).astype(np.float32) for s in splits}
-    return Inputs(X, y, names)
-
-
-def fit_umap(embeddings: dict[str, np.ndarray], splits: Sequence[str], n_components: int, seed: int,
-             factory: Callable | None = None) -> dict:
-    """UMAP coordinates: fitted on standardised train embeddings, ``transform`` for the other splits.
-
-    Args:
-        factory: ``(n_components, n_neighbors, seed) -> reducer`` with ``fit_transform``/``transform``;
-            default ``umap.UMAP`` (McInnes et al. 2018).
-    """
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(embeddings["train"])
-    n_train = len(embeddings["train"])
-    if factory is None:
-        import umap
-
-        def factory(n, k, s):
-            return umap.UMAP(n_components=n, n_neighbors=k, random_state=s, n_jobs=1)
-
-    reducer = factory(n_components, min(15, n_train - 1), seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = {"train": reducer.fit_transform(scaler.transform(embeddings["train"]))}
-        for s in splits:
-            if s != "train":
-                out[s] = reducer.transform(scaler.transform(embeddings[s]))
-    return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}
-
-
-# ------------------------------------------------------------------------------------------------- scoring
-
-
-def scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class scores ``[n, n_classes]`` for ranking: probabilities, else decision function (LinearSVC, SVC)."""
-    if hasattr(estimator, "predict_proba") and _has_proba(estimator):
-        raw = estimator.predict_proba(X)
-    else:
-        raw = estimator.decision_function(X)
-        if raw.ndim == 1:  # binary: positive-class margin
-            raw = np.column_stack([-raw, raw])
-    out = np.full((len(X), n_classes), -np.inf)
-    out[:, np.asarray(estimator.classes_, dtype=int)] = raw
-    return out
-
-
-def _has_proba(estimator) -> bool:
-    try:
-        clf = estimator[-1] if hasattr(estimator, "steps") else estimator
-        return not (hasattr(clf, "probability") and not clf.probability) and hasattr(clf, "predict_proba") \
-            and type(clf).__name__ != "LinearSVC"
-    except Exception:
-        return False
-
-
-def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict:
-    """top-1 (from predict), top-5 (from score ranks), macro F1."""
-    from sklearn.metrics import f1_score
-
-    k = min(5, score.shape[1])
-    top = np.argsort(-score, axis=1)[:, :k]
-    labels = np.arange(score.shape[1])
-    return {"top1": float((y_pred == y_true).mean()),
-            "top5": float((top == y_true[:, None]).any(axis=1).mean()),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
-
-
-def cv_folds(y: np.ndarray, folds: int = 3, seed: int = 0):
-    from sklearn.model_selection import StratifiedKFold
-
-    smallest = np.bincount(y)[np.bincount(y) > 0].min()
-    k = int(min(folds, smallest))
-    if k < 2:
-        raise DataError(f"a class has {smallest} training example(s); cross-validation needs at least 2 per class")
-    return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-
-
-def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, seed: int = 0, n_jobs: int = 1):
-    """Grid-search one pipeline on train; returns (fitted best pipeline, result row dict, predictions per split)."""
-    from sklearn.model_selection import GridSearchCV
-
-    grid = (FAST_GRIDS if fast else GRIDS)[name]
-    pipe = make_pipeline(name, seed)
-    if fast and name in FAST_FIXED:
-        pipe.set_params(**FAST_FIXED[name])
-    Xtr, ytr = inputs.X["train"], inputs.y["train"]
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning of LinearSVC/LogisticRegression on small grids
-        if grid:
-            search = GridSearchCV(pipe, grid, cv=cv_folds(ytr, 3, seed), scoring="accuracy", n_jobs=n_jobs,
-                                  refit=True, error_score=np.nan)
-            search.fit(Xtr, ytr)
-            best, cv_score, params = search.best_estimator_, float(search.best_score_), search.best_params_
-        else:
-            best, cv_score, params = pipe.fit(Xtr, ytr), float("nan"), {}
-    fit_s = time.perf_counter() - t0
-    row = {"classifier": name, "cv_top1": cv_score,
-           "params": json.dumps({k.replace("clf__", ""): v for k, v in params.items()}), "fit_s": fit_s}
-    preds = {}
-    predict_s = 0.0
-    for split in ("val", "test"):
-        if split not in inputs.X:
-            row.update({f"{split}_top1": np.nan, f"{split}_top5": np.nan, f"{split}_macro_f1": np.nan})
-            continue
-        t0 = time.perf_counter()
-        y_pred = best.predict(inputs.X[split])
-        sc = scores(best, inputs.X[split], n_classes)
-        predict_s += time.perf_counter() - t0
-        m = split_metrics(inputs.y[split], y_pred, sc)
-        row.update({f"{split}_{k}": v for k, v in m.items()})
-        preds[split] = y_pred
-    row["predict_s"] = predict_s
-    return best, row, preds
-
-
-# ------------------------------------------------------------------------------------------------- comparison
-
-
-@dataclass
-class Comparison:
-    """Result of :func:`compare`: the table and the best pipeline (by val top-1)."""
-
-    table: pd.DataFrame
-    best: object
-    best_row: dict
-    best_predictions: dict
-    classes: list[str]
-    y: dict
-    feature_names: list[str]
-
-
-def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
-            fast: bool = False, umap_components: int = 8, seed: int = 0, n_jobs: int = 1,
-            verbose: int = 1, umap_factory: Callable | None = None) -> Comparison:
-    """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice)."""
-    for c in classifiers:
-        if c not in CLASSIFIERS:
-            raise ConfigError(f"unknown classifier {c!r}. Choose from: {', '.join(CLASSIFIERS)}")
-    if "val" not in source.splits:
-        raise DataError(f"{source.description}: the comparison ranks pipelines on a 'val' split, which is missing")
-    rows, best = [], None
-    umap_cache: dict = {}
-    n_classes = len(source.classes)
-    for fs in feature_sets:
-        inputs = build_inputs(source, fs, umap_components=umap_components, seed=seed, umap_cache=umap_cache,
-                              umap_factory=umap_factory)
-        for name in classifiers:
-            model, row, preds = fit_one(name, inputs, n_classes, fast=fast, seed=seed, n_jobs=n_jobs)
-            row = {"feature_set": fs, "dim": inputs.X["train"].shape[1], **row}
-            rows.append(row)
-            if verbose:
-                test = f" test {row['test_top1']:.4f}" if not np.isnan(row["test_top1"]) else ""
-                print(f"[classify] {fs:<26} {name:<14} val top-1 {row['val_top1']:.4f}{test}  "
-                      f"fit {row['fit_s']:.1f}s", file=sys.stderr, flush=True)
-            if best is None or row["val_top1"] > best[1]["val_top1"]:
-                best = (model, row, preds, inputs.names, inputs.y)
-    cols = ["feature_set", "classifier", "dim", "val_top1", "val_top5", "val_macro_f1", "test_top1", "test_top5",
-            "test_macro_f1", "cv_top1", "fit_s", "predict_s", "params"]
-    table = pd.DataFrame(rows)[cols]
-    model, row, preds, names, y = best
-    return Comparison(table, model, row, preds, list(source.classes), y, names)
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """The table as GitHub Markdown (scores with 4 decimals, seconds with 2; NaN shown as '–')."""
-    from .fileio import markdown_table as to_markdown
-
-    return to_markdown(table, column_formats={"_s": "{:.2f}"})
-
-
-def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):
-    """Bar plot of one metric per (feature set, classifier), best first."""
-    from . import plots
-
-    t = table.sort_values(metric, ascending=False)
-    labels = [f"{r.feature_set} · {r.classifier}" for r in t.itertuples()]
-    return plots.bar_figure(labels, t[metric].fillna(0).to_numpy(), xlabel=metric.replace("_", " "),
-                            title=f"{metric.replace('_', ' ')} by feature set and classifier")
-
-
-def save_pipeline(model, path: str | Path) -> Path:
-    """Save a fitted pipeline with skops (no pickle)."""
-    import skops.io as sio
-
-    with atomic_path(path) as tmp:
-        sio.dump(model, tmp)
-    return Path(path)
-
-
-def load_pipeline(path: str | Path):
-    """Load a pipeline written by :func:`save_pipeline`, trusting only the types skops reports for this file."""
-    import skops.io as sio
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    untrusted = sio.get_untrusted_types(file=path)
-    unexpected = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
-    if unexpected:
-        raise DataError(f"{path} holds types outside scikit-learn/numpy: {unexpected}; refusing to load")
-    return sio.load(path, trusted=untrusted)
-
-
-def write_outputs(result: Comparison, out: str | Path, *, description: str = "") -> Path:
-    """results.csv, results.md, accuracy.png, confusion matrices of the best pipeline, best_model.skops/.json."""
-    from sklearn.metrics import confusion_matrix
-
-    from . import plots
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "results.csv", result.table.to_csv(index=False))
-    head = f"# Classifier comparison\n\n{description}\n\n" if description else "# Classifier comparison\n\n"
-    write_text(out / "results.md", head + markdown_table(result.table))
-    plots.save(accuracy_figure(result.table), out / "accuracy.png")
-    labels = np.arange(len(result.classes))
-    for split, y_pred in result.best_predictions.items():
-        cm = confusion_matrix(result.y[split], y_pred, labels=labels)
-        title = f"{result.best_row['classifier']} on {result.best_row['feature_set']} ({split} top-1 " \
-                f"{result.best_row[f'{split}_top1']:.3f})"
-        plots.save(plots.confusion_matrix_figure(cm, result.classes, title=title), out / f"confusion_matrix_{split}.png")
-    save_pipeline(result.best, out / "best_model.skops")
-    write_json(out / "best_model.json", {
-        "classifier": result.best_row["classifier"], "feature_set": result.best_row["feature_set"],
-        "params": json.loads(result.best_row["params"]), "classes": result.classes,
-        "feature_names": result.feature_names, "val_top1": result.best_row["val_top1"],
-        "test_top1": result.best_row["test_top1"], "source": description,
-        "note": "UMAP columns (if any) come from a UMAP fitted on the train split; it is not part of the pipeline"})
-    return out
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def _csv_list(text: str | None, allowed: Sequence[str], what: str) -> list[str]:
-    items = [t.strip() for t in (text or "").split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad:
-        raise ConfigError(f"unknown {what} {bad}. Choose from: {', '.join(allowed)}")
-    return items
-
-
-def feature_sets_for(with_: str | None) -> list[str]:
-    """``--with metadata,umap`` -> the feature sets compared (embeddings alone always)."""
-    extras = _csv_list(with_, ("metadata", "umap"), "--with value")
-    sets = ["embeddings"]
-    if "metadata" in extras:
-        sets.append("embeddings+metadata")
-    if "umap" in extras:
-        if "metadata" not in extras:
-            raise ConfigError("--with umap adds UMAP to embeddings+metadata; pass --with metadata,umap")
-        sets.append("embeddings+metadata+umap")
-    if "metadata" in extras:
-        sets.append("metadata")
-    return sets
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mame_transfer.classify", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("classify", __doc__.splitlines()[0])
     p.add_argument("store", nargs="?", help="feature store folder")
     p.add_argument("--with", dest="with_", default="metadata,umap",
                    help="extra columns: '' (embeddings only), 'metadata', or 'metadata,umap'")
@@ -462,33 +49,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="parallel CV fits")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    try:
-        classifiers = _csv_list(a.classifiers, CLASSIFIERS, "classifier")
-        if a.metadata_only:
-            from . import data
+    return p
 
-            if not a.data:
-                raise ConfigError("--metadata-only needs --data PATH")
-            source = source_from_dataset(data.load_dataset(a.data, toy=a.toy, check_files=not a.no_check,
-                                                           require=("train", "val")))
-            sets = ["metadata"]
-        else:
-            if not a.store:
-                raise ConfigError("pass a feature store folder (or --metadata-only --data PATH)")
-            source = source_from_store(a.store, a.feature_set_name)
-            sets = _csv_list(a.feature_sets, FEATURE_SETS, "feature set") if a.feature_sets \
-                else feature_sets_for(a.with_)
-        result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
-                         umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
-        write_outputs(result, a.out, description=source.description)
-    except MameTransferError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _classify(a) -> None:
+    from mame_transfer.classifiers.comparison import (compare, feature_sets_for, markdown_table, source_from_dataset,
+                                                   source_from_store, write_outputs)
+
+    classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier")
+    if a.metadata_only:
+        from mame_transfer.datasets.tables import load_dataset
+
+        if not a.data:
+            raise ConfigError("--metadata-only needs --data PATH")
+        source = source_from_dataset(load_dataset(a.data, toy=a.toy, check_files=not a.no_check,
+                                                  require=("train", "val")))
+        sets = ["metadata"]
+    else:
+        if not a.store:
+            raise ConfigError("pass a feature store folder (or --metadata-only --data PATH)")
+        source = source_from_store(a.store, a.feature_set_name)
+        sets = cli.choices_list(a.feature_sets, FEATURE_SETS, "feature set") if a.feature_sets \
+            else feature_sets_for(a.with_)
+    result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
+                     umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
+    write_outputs(result, a.out, description=source.description)
     print(markdown_table(result.table[["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1",
                                        "test_top1", "fit_s"]]))
     print(f"best by val top-1: {result.best_row['classifier']} on {result.best_row['feature_set']} -> {a.out}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser(), _classify, argv)
 
 
 if __name__ == "__main__":

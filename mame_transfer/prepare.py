@@ -27,155 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError, MameTransferError
-from .fileio import write_json
-
-MARKER = ".prepare.json"
-QUALITY = 95
-
-
-def target_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[int, int]:
-    """Output ``(width, height)``: square ``size``, or the shorter side to ``size`` with the aspect kept."""
-    if not keep_aspect:
-        return size, size
-    if width <= height:
-        return size, max(1, round(height * size / width))
-    return max(1, round(width * size / height)), size
-
-
-def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, draft: bool = True,
-                quality: int = QUALITY) -> tuple[int, int]:
-    """Decode ``src``, resize it and write ``dst`` atomically; returns the source ``(width, height)``."""
-    from PIL import Image
-
-    with Image.open(src) as im:
-        w0, h0 = im.size
-        tw, th = target_size(w0, h0, size, keep_aspect)
-        if draft and im.format == "JPEG":
-            # libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, keeping both sides >= the requested size.
-            im.draft("RGB", (tw, th))
-        im = im.convert("RGB")
-        if im.size != (tw, th):
-            im = im.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        dst_path = Path(dst)
-        dst_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst_path.with_name(f".{dst_path.name}.{os.getpid()}.tmp")
-        try:
-            fmt = "PNG" if dst_path.suffix.lower() == ".png" else "JPEG"
-            im.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-            os.replace(tmp, dst_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return w0, h0
-
-
-def _work(job):
-    src, dst, size, keep_aspect, draft = job
-    try:
-        resize_file(src, dst, size, keep_aspect=keep_aspect, draft=draft)
-        return src, None
-    except Exception as exc:  # report every bad file at the end instead of stopping at the first
-        return src, f"{type(exc).__name__}: {exc}"
-
-
-def image_dir_name(size: int) -> str:
-    return "data_256" if size == 256 else "data"
-
-
-def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *, keep_aspect: bool = False,
-            draft: bool = True, workers: int | None = None, images: str | os.PathLike | None = None,
-            progress: bool = True) -> dict:
-    """Resize every image of a MAMe layout into ``out`` (see the module docstring).
-
-    Returns:
-        ``{"written", "skipped", "failed", "seconds"}``; ``failed`` lists ``(file, error)``.
-
-    Raises:
-        DataError: the source is not a MAMe layout, ``out`` is the source, or some images could not be converted
-            (after converting all the others; rerun to retry).
-    """
-    from . import data as data_mod
-
-    if size < 8:
-        raise DataError(f"--size must be at least 8 pixels. Received: size={size}")
-    if data_mod.detect_layout(data) != "mame":
-        raise DataError(f"{data} is a class-per-folder set; convert it first with `python -m mame_transfer.data "
-                        f"import {data} --out DIR`, then prepare DIR.")
-    dataset = data_mod.read_mame(data, images=images, check_files=False)
-    out = Path(os.path.abspath(out))
-    src_root = Path(dataset.image_root)
-    if out == Path(dataset.root) or out == src_root:
-        raise DataError(f"--out {out} is the source dataset; choose a new folder.")
-    image_out = out / image_dir_name(size)
-    names = sorted(set(dataset.table["image"].astype(str)))
-    jobs, skipped = [], 0
-    for name in names:
-        dst = image_out / name
-        if dst.is_file():
-            skipped += 1
-            continue
-        jobs.append((str(src_root / name), str(dst), int(size), bool(keep_aspect), bool(draft)))
-    failed = []
-    t0 = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(names), initial=skipped, unit="img", desc=f"prepare {size}px", file=sys.stderr)
-    try:
-        if workers == 1 or len(jobs) <= 1:
-            results = map(_work, jobs)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(max_workers=workers)
-            results = pool.map(_work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8) or 1)))
-        for src, err in results:
-            if err:
-                failed.append((os.path.relpath(src, src_root), err))
-            if bar is not None:
-                bar.update(1)
-        if pool is not None:
-            pool.shutdown()
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    if failed:
-        raise DataError(f"{len(failed)} of {len(names)} image(s) under {src_root} could not be converted: "
-                        f"{data_mod._list([f'{n} ({e})' for n, e in failed])}. The others are written; fix or "
-                        f"remove these files and rerun the same command.")
-    _copy_metadata(dataset.source, out)
-    write_json(out / MARKER, {"source": str(data), "size": size, "keep_aspect": keep_aspect, "draft": draft,
-                              "images": len(names)})
-    return {"written": len(jobs), "skipped": skipped, "failed": failed, "seconds": seconds}
-
-
-def _copy_metadata(csv_path: Path, out: Path) -> None:
-    """Copy the release's CSVs unchanged (same rows): dataset, toy and labels files next to the dataset CSV."""
-    from . import data as data_mod
-
-    meta = out / "MAMe_metadata"
-    meta.mkdir(parents=True, exist_ok=True)
-    folder = Path(csv_path).parent
-    for name in (data_mod.DATASET_CSV, data_mod.TOY_CSV, data_mod.LABELS_CSV):
-        if (folder / name).is_file():
-            tmp = meta / f".{name}.tmp"
-            shutil.copyfile(folder / name, tmp)
-            os.replace(tmp, meta / name)
+from mame_transfer.core import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mame_transfer.prepare", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser("prepare", __doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", required=True, help="source MAMe folder (CSV + data/ or data_256/)")
     parser.add_argument("--out", required=True, help="output folder (a MAMe layout)")
     parser.add_argument("--size", type=int, default=256, help="output side (square) or shorter side (--keep-aspect)")
@@ -188,18 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = prepare(args.data, args.out, args.size, keep_aspect=args.keep_aspect, draft=args.draft,
-                         workers=args.workers, images=args.images, progress=not args.quiet)
-    except MameTransferError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def _prepare(args) -> None:
+    from mame_transfer.datasets.prepare import prepare
+
+    result = prepare(args.data, args.out, args.size, keep_aspect=args.keep_aspect, draft=args.draft,
+                     workers=args.workers, images=args.images, progress=not args.quiet)
     rate = result["written"] / result["seconds"] if result["seconds"] > 0 else 0.0
     print(json.dumps({"out": str(args.out), "written": result["written"], "skipped": result["skipped"],
                       "seconds": round(result["seconds"], 2), "images_per_second": round(rate, 1)}))
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser(), _prepare, argv, on_interrupt="rerun the same command to resume")
 
 
 if __name__ == "__main__":

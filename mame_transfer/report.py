@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, MameTransferError
-from .fileio import write_text
+from mame_transfer.core.errors import ConfigError, MameTransferError
+from mame_transfer.core.fileio import write_text
 
 _CSS = """
 body{font-family:system-ui,-apple-system,sans-serif;max-width:1180px;margin:20px auto;padding:0 16px;color:#222}
@@ -99,7 +99,7 @@ def _config_table(config: dict) -> str:
 
 def _image_paths(run_dir: Path, config) -> dict[str, str]:
     """``image`` column value -> absolute path, from the run's dataset (empty when it cannot be read)."""
-    from .finetune import dataset_for
+    from mame_transfer.training.runs import dataset_for
 
     try:
         config.check_images = False
@@ -117,8 +117,12 @@ def worst_mistakes(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
 
 def _gradcam_section(run_dir: Path, n: int, paths: dict[str, str], split: str | None) -> str:
     """Grad-CAM of ``n`` images of the final split (computed here), as one embedded grid."""
-    from .analysis import gradcam as gc
-    from .analysis.sources import last_spatial_layer, load_images, load_source
+    from mame_transfer.analysis import gradcam as gc
+    from mame_transfer.analysis.sources import (
+        last_spatial_layer,
+        load_images,
+        load_source,
+    )
 
     preds_file = run_dir / (f"predictions_{split}.csv" if split else "predictions.csv")
     if n <= 0 or not preds_file.is_file() or not paths:
@@ -168,7 +172,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, gradcam:
         gradcam: Grad-CAM samples to compute and embed (0 = none).
         mistakes: most confident wrong predictions to show.
     """
-    from . import config as cfg
+    from mame_transfer.core import config as cfg
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.json").is_file():

@@ -64,7 +64,7 @@ def _demo_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_root(_demo_cache) -> Path:
     """The built-in demo set (MAMe layout), generated once per test session."""
-    from mame_transfer import demo
+    from mame_transfer.datasets import demo
 
     return demo.ensure_demo()
 

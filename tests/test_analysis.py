@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from mame_transfer import backbones
 from mame_transfer.analysis import cka, featvis, gradcam, maxact, projections
-from mame_transfer.errors import ConfigError
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.models import backbones
 
 # ----------------------------------------------------------------------------------------------- CKA maths
 
@@ -140,7 +140,7 @@ def test_projections_pca_tsne_and_sampling():
 
 
 def test_gradcam_on_test_tiny_localises_and_targets():
-    from mame_transfer.model import build_model
+    from mame_transfer.models.build import build_model
 
     model = build_model("test_tiny", 3, image_size=32, weights=None, head="8")
     images = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype(np.float32)
@@ -167,7 +167,7 @@ def test_gradcam_builds_on_every_registry_backbone(arch):
     import keras
 
     from mame_transfer.analysis.sources import last_spatial_layer
-    from mame_transfer.model import build_model
+    from mame_transfer.models.build import build_model
 
     model = build_model(arch, 3, image_size=32, weights=None, head="none", alpha=0.25 if arch == "mobilenet" else 1.0)
     layer = last_spatial_layer(model)
@@ -207,8 +207,9 @@ def test_featvis_dead_relu_channel_is_optimised_before_the_relu():
 
 
 def test_analyze_cli_cka_maxact_featvis_project(tmp_path, capsys):
-    from mame_transfer import analyze, demo
-    from mame_transfer.features import write_store
+    from mame_transfer import analyze
+    from mame_transfer.datasets import demo
+    from mame_transfer.store.store import write_store
 
     root = demo.ensure_demo()
     out = tmp_path / "cka"

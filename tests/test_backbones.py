@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mame_transfer import backbones
-from mame_transfer.errors import ConfigError, WeightsError
-from mame_transfer.model import build_model, embedding_layer_name, is_head_layer, set_trainable
+from mame_transfer.core.errors import ConfigError, WeightsError
+from mame_transfer.models import backbones
+from mame_transfer.models.build import (
+    build_model,
+    embedding_layer_name,
+    is_head_layer,
+    set_trainable,
+)
 
 ARCHS = list(backbones.PRODUCT_ARCHS) + ["test_tiny"]
 
@@ -80,7 +85,7 @@ def test_head_options():
 
 def test_offline_imagenet_error_names_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(backbones, "_keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr(backbones, "keras_models_dirs", lambda: [tmp_path / "models"])
     monkeypatch.setattr(backbones, "_host_reachable", lambda url, timeout=4.0: False)
     with pytest.raises(WeightsError) as err:
         build_model("vgg16", 3, image_size=32, weights="imagenet")

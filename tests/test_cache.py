@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mame_transfer import backbones, cache, data, model as model_mod
+from mame_transfer.datasets.pipeline import make_pipeline
+from mame_transfer.models import backbones
+from mame_transfer.models import build as model_mod
+from mame_transfer.training import prefix_cache as cache
 
 
 @pytest.fixture
@@ -36,16 +39,16 @@ def _fit_losses(arch, images, freeze, size, *, cached: bool, epochs: int = 2):
         cut, why = cache.find_cut(net, boundary)
         assert cut is not None, why
         store = cache.FeatureCache(len(images), cut.feature_shape, "float32")
-        store.fill(cache.prefix_function(cut), data.make_pipeline(images, with_labels=False, **pipe))
+        store.fill(cache.prefix_function(cut), make_pipeline(images, with_labels=False, **pipe))
         ds = cache.cached_pipeline(store, images["label_index"].to_numpy(), batch_size=4)
         fit_model = cut.suffix
     else:
-        ds = data.make_pipeline(images, **pipe)
+        ds = make_pipeline(images, **pipe)
         fit_model = net
     fit_model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
     history = fit_model.fit(ds, epochs=epochs, verbose=0, shuffle=False)
     # Predictions of the *full* model after training: the suffix shares its layers, so both must match.
-    full_pred = net.predict(data.make_pipeline(images, with_labels=False, **pipe), verbose=0)
+    full_pred = net.predict(make_pipeline(images, with_labels=False, **pipe), verbose=0)
     return np.array(history.history["loss"]), full_pred
 
 
@@ -121,20 +124,20 @@ def test_augmented_copies_are_filled_with_different_views(images):
     assert x.shape == (4, 16, 16, 8) and y.shape == (4,)
 
 
-def test_plan_phase_paths_and_reasons(tmp_path):
+def test_plan_phase_routes_and_reasons(tmp_path):
     net = model_mod.build_model("test_tiny", 3, image_size=32, weights=None, head="8", freeze_until="block2")
     b = model_mod.frozen_boundary(net, "test_tiny", "block2")
     common = dict(n_train=10, n_val=4, epochs=5, disk_dir=tmp_path)
     plan = cache.plan_phase(net, b, mode="auto", augment=False, augment_copies=0, **common)
-    assert plan.path == "cached-memory" and "block2_pool" in plan.reason
-    assert cache.plan_phase(net, b, mode="disk", augment=False, augment_copies=0, **common).path == "cached-disk"
+    assert plan.route == "cached-memory" and "block2_pool" in plan.reason
+    assert cache.plan_phase(net, b, mode="disk", augment=False, augment_copies=0, **common).route == "cached-disk"
     plan = cache.plan_phase(net, b, mode="auto", augment=True, augment_copies=0, **common)
-    assert plan.path == "full" and "--augment-copies is 0" in plan.reason
+    assert plan.route == "full" and "--augment-copies is 0" in plan.reason
     plan = cache.plan_phase(net, b, mode="auto", augment=True, augment_copies=5, **common)
-    assert plan.path == "full" and ">= 5 epoch" in plan.reason
+    assert plan.route == "full" and ">= 5 epoch" in plan.reason
     plan = cache.plan_phase(net, b, mode="memory", augment=True, augment_copies=2, **common)
-    assert plan.path == "cached-memory" and plan.copies == 2
-    assert cache.plan_phase(net, -1, mode="auto", augment=False, augment_copies=0, **common).path == "full"
+    assert plan.route == "cached-memory" and plan.copies == 2
+    assert cache.plan_phase(net, -1, mode="auto", augment=False, augment_copies=0, **common).route == "full"
     assert cache.plan_phase(net, b, mode="off", augment=False, augment_copies=0, **common).reason == "--prefix-cache off"
 
 
@@ -149,8 +152,8 @@ def test_finetune_logs_the_path_and_trains_on_the_cache(demo_root, tmp_path):
     assert finetune.main(args + ["--no-augment", "--epochs", "2", "--warmup-epochs", "1", "--prefix-cache", "disk",
                                  "--cache-dtype", "float16", "--out", str(out)]) == 0
     log = (out / "run.log").read_text()
-    assert "freeze until all" in log and "path: cached-disk prefix cache (layers up to 'global_pool'" in log
-    assert "freeze until block2" in log and "path: cached-disk prefix cache (layers up to 'block2_pool'" in log
+    assert "freeze until all" in log and "route: cached-disk prefix cache (layers up to 'global_pool'" in log
+    assert "freeze until block2" in log and "route: cached-disk prefix cache (layers up to 'block2_pool'" in log
     assert not (out / "prefix_cache").exists()
     # The saved full model reproduces the metrics computed during the run.
     saved = json.loads((out / "metrics.json").read_text())["val"]

@@ -6,8 +6,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mame_transfer import classify, features
-from mame_transfer.errors import ConfigError, DataError
+from mame_transfer import classify
+from mame_transfer.classifiers.comparison import (
+    FEATURE_SETS,
+    build_inputs,
+    compare,
+    feature_sets_for,
+    scores,
+    source_from_dataset,
+    source_from_store,
+    write_outputs,
+)
+from mame_transfer.classifiers.estimators import (
+    CLASSIFIERS,
+    classifier_pipeline,
+    load_pipeline,
+)
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.store.store import write_store
 
 
 def _separable_store(path, splits=("train", "val", "test"), n=(24, 12, 12), dim=8, seed=0):
@@ -28,7 +44,7 @@ def _separable_store(path, splits=("train", "val", "test"), n=(24, 12, 12), dim=
         data[split] = (emb, meta)
     manifest = {"arch": "synthetic", "alpha": None, "weights": None, "run": None, "layer": "x", "image_size": 0,
                 "preprocessing": "none", "classes": classes}
-    return features.write_store(path, manifest=manifest, splits=data)
+    return write_store(path, manifest=manifest, splits=data)
 
 
 class _RecordingReducer:
@@ -51,13 +67,13 @@ class _RecordingReducer:
 
 def test_every_classifier_and_feature_set(tmp_path):
     store = _separable_store(tmp_path / "store")
-    source = classify.source_from_store(store)
+    source = source_from_store(store)
     _RecordingReducer.fitted_rows = []
-    result = classify.compare(source, fast=True, umap_components=2, verbose=0, umap_factory=_RecordingReducer)
+    result = compare(source, fast=True, umap_components=2, verbose=0, umap_factory=_RecordingReducer)
     assert _RecordingReducer.fitted_rows == [24]  # fitted once, on the 24 train rows only
     t = result.table
-    assert len(t) == len(classify.CLASSIFIERS) * len(classify.FEATURE_SETS)
-    assert set(t.classifier) == set(classify.CLASSIFIERS) and set(t.feature_set) == set(classify.FEATURE_SETS)
+    assert len(t) == len(CLASSIFIERS) * len(FEATURE_SETS)
+    assert set(t.classifier) == set(CLASSIFIERS) and set(t.feature_set) == set(FEATURE_SETS)
     emb = t[t.feature_set == "embeddings"]
     # well separated: every model learns it (k-NN suffers most from the 5 pure-noise dimensions)
     assert (emb.val_top1 >= 0.8).all() and emb.val_top1.median() == 1.0, emb[["classifier", "val_top1"]]
@@ -66,14 +82,14 @@ def test_every_classifier_and_feature_set(tmp_path):
     best = t.val_top1.max()
     assert result.best_row["val_top1"] == best
 
-    out = classify.write_outputs(result, tmp_path / "out", description="synthetic")
+    out = write_outputs(result, tmp_path / "out", description="synthetic")
     for name in ("results.csv", "results.md", "accuracy.png", "confusion_matrix_val.png",
                  "confusion_matrix_test.png", "best_model.skops", "best_model.json"):
         assert (out / name).is_file(), name
     assert len(pd.read_csv(out / "results.csv")) == len(t)
     # skops round trip: the loaded pipeline predicts exactly like the fitted one
-    loaded = classify.load_pipeline(out / "best_model.skops")
-    inputs = classify.build_inputs(source, result.best_row["feature_set"], umap_components=2,
+    loaded = load_pipeline(out / "best_model.skops")
+    inputs = build_inputs(source, result.best_row["feature_set"], umap_components=2,
                                    umap_factory=_RecordingReducer)
     np.testing.assert_array_equal(loaded.predict(inputs.X["test"]), result.best.predict(inputs.X["test"]))
 
@@ -94,8 +110,8 @@ def test_linear_svc_scores_rank_by_decision_function():
     from sklearn.datasets import make_classification
 
     X, y = make_classification(n_samples=90, n_features=6, n_informative=4, n_classes=3, random_state=0)
-    pipe = classify.make_pipeline("linear_svc").fit(X, y)
-    s = classify.scores(pipe, X, 4)  # a 4th class absent from training ranks last
+    pipe = classifier_pipeline("linear_svc").fit(X, y)
+    s = scores(pipe, X, 4)  # a 4th class absent from training ranks last
     assert s.shape == (90, 4) and np.isneginf(s[:, 3]).all()
     np.testing.assert_array_equal(s[:, :3].argmax(axis=1), pipe.predict(X))
 
@@ -103,21 +119,21 @@ def test_linear_svc_scores_rank_by_decision_function():
 def test_bad_inputs(tmp_path):
     store = _separable_store(tmp_path / "store", splits=("train", "test"), n=(24, 12))
     with pytest.raises(DataError, match="'val' split, which is missing"):
-        classify.compare(classify.source_from_store(store), classifiers=["logreg"], verbose=0)
+        compare(source_from_store(store), classifiers=["logreg"], verbose=0)
     with pytest.raises(ConfigError, match="unknown classifier 'svm'"):
-        classify.make_pipeline("svm")
+        classifier_pipeline("svm")
     with pytest.raises(ConfigError, match="--with umap adds UMAP to embeddings\\+metadata"):
-        classify.feature_sets_for("umap")
+        feature_sets_for("umap")
     assert classify.main(["--out", str(tmp_path / "o"), str(tmp_path / "missing")]) == 2
 
 
 def test_metadata_only_real_mame(mame_metadata, capsys):
     """Real MAMe CSV, no images: metadata features alone, train on train, score on val and test."""
-    from mame_transfer import data
+    from mame_transfer.datasets.tables import load_dataset
 
-    dataset = data.load_dataset(mame_metadata, check_files=False)
-    source = classify.source_from_dataset(dataset)
-    result = classify.compare(source, feature_sets=["metadata"], classifiers=["random_forest"],
+    dataset = load_dataset(mame_metadata, check_files=False)
+    source = source_from_dataset(dataset)
+    result = compare(source, feature_sets=["metadata"], classifiers=["random_forest"],
                               fast=True, verbose=0)
     t = result.table.set_index("classifier")
     print(t[["val_top1", "test_top1", "test_macro_f1", "fit_s"]].to_string())

@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from mame_transfer import config as cfg
-from mame_transfer.config import TrainConfig
-from mame_transfer.errors import ConfigError
+from mame_transfer.core import config as cfg
+from mame_transfer.core.config import TrainConfig
+from mame_transfer.core.errors import ConfigError
 from mame_transfer.finetune import build_parser
 
 
@@ -60,7 +60,7 @@ def test_choices_are_enforced_by_parser():
 
 
 def test_readme_options_table_matches_the_code():
-    """The README lists every option with its default; refresh with `python -m mame_transfer.config README.md`."""
+    """The README lists every option with its default; refresh with `python -m mame_transfer.core.config README.md`."""
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

@@ -13,8 +13,22 @@ import pytest
 from PIL import Image
 
 from mame_transfer import data
-from mame_transfer.data import COLUMNS, DataError, Dataset
-from mame_transfer.errors import DataError as _DataError
+from mame_transfer.classifiers.inputs import metadata_features
+from mame_transfer.core.errors import DataError
+from mame_transfer.core.errors import DataError as _DataError
+from mame_transfer.datasets.images import check_images
+from mame_transfer.datasets.pipeline import decode_and_resize, make_pipeline
+from mame_transfer.datasets.tables import (
+    COLUMNS,
+    SUBSETS,
+    TABLE_COLUMNS,
+    UNKNOWN_MUSEUM,
+    Dataset,
+    detect_layout,
+    load_dataset,
+    read_folders,
+    write_mame,
+)
 
 CLASSES = ["Etching", "Oil on canvas", "Woven fabric"]
 
@@ -32,7 +46,7 @@ def make_mame(root: Path, *, per_split=(3, 2, 2), labels_file=True, image_dir="d
     (root / image_dir).mkdir(parents=True, exist_ok=True)
     (root / meta).mkdir(parents=True, exist_ok=True)
     rows, n = [], 0
-    for subset, count in zip(data.SUBSETS, per_split):
+    for subset, count in zip(SUBSETS, per_split):
         for label in CLASSES:
             for _ in range(count):
                 n += 1
@@ -73,7 +87,7 @@ def make_folders(root: Path, splits=("train", "val"), classes=("cats", "dogs"), 
 
 
 def test_real_mame_metadata(mame_metadata):
-    ds = data.load_dataset(mame_metadata, check_files=False)
+    ds = load_dataset(mame_metadata, check_files=False)
     assert ds.layout == "mame"
     assert len(ds.table) == 37407
     assert ds.num_classes == 29
@@ -89,20 +103,20 @@ def test_real_mame_metadata(mame_metadata):
         "The Cleveland Museum of Art": 6965,
         "Los Angeles County Museum of Art": 5531,
     }
-    assert list(ds.table.columns) == data.TABLE_COLUMNS
+    assert list(ds.table.columns) == TABLE_COLUMNS
     assert ds.table["instance_id"].iloc[0] == "29.100.60"  # kept as text, not a float
     assert all(os.path.isabs(p) for p in ds.table["path"].head())
 
 
 def test_real_mame_toy_csv(mame_metadata):
-    ds = data.load_dataset(mame_metadata, toy=True, check_files=False)
+    ds = load_dataset(mame_metadata, toy=True, check_files=False)
     assert len(ds.table) == 3480
     assert ds.table.groupby("subset").size().to_dict() == {"train": 29 * 50, "val": 29 * 20, "test": 29 * 50}
 
 
 def test_real_mame_needs_images_unless_metadata_only(mame_metadata):
     with pytest.raises(DataError, match="No image folder"):
-        data.load_dataset(mame_metadata)
+        load_dataset(mame_metadata)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,7 +125,7 @@ def test_real_mame_needs_images_unless_metadata_only(mame_metadata):
 
 def test_read_mame_tiny(tmp_path):
     root = make_mame(tmp_path / "set")
-    ds = data.load_dataset(root)
+    ds = load_dataset(root)
     assert ds.classes == CLASSES
     assert ds.subsets == ["train", "val", "test"]
     assert ds.num_classes == 3 and len(ds.table) == 21
@@ -122,14 +136,14 @@ def test_read_mame_tiny(tmp_path):
     train = ds.split("train")
     assert list(train.index) == list(range(9)) and (train["subset"] == "train").all()
     # the CSV file itself and the metadata folder are accepted too
-    assert len(data.load_dataset(root / "MAMe_metadata").table) == 21
-    assert len(data.load_dataset(root / "MAMe_metadata" / "MAMe_dataset.csv").table) == 21
+    assert len(load_dataset(root / "MAMe_metadata").table) == 21
+    assert len(load_dataset(root / "MAMe_metadata" / "MAMe_dataset.csv").table) == 21
 
 
 def test_read_mame_without_labels_file_and_flat_layout(tmp_path):
     root = make_mame(tmp_path / "flat", labels_file=False, image_dir="data", meta=".")
-    assert data.detect_layout(root) == "mame"
-    ds = data.load_dataset(root)
+    assert detect_layout(root) == "mame"
+    ds = load_dataset(root)
     assert ds.classes == sorted(CLASSES)
     assert ds.image_root == root / "data"
 
@@ -137,26 +151,26 @@ def test_read_mame_without_labels_file_and_flat_layout(tmp_path):
 def test_explicit_image_folder(tmp_path):
     root = make_mame(tmp_path / "set", image_dir="pictures")
     with pytest.raises(DataError, match="No image folder"):
-        data.load_dataset(root)
-    assert len(data.load_dataset(root, images=root / "pictures").table) == 21
+        load_dataset(root)
+    assert len(load_dataset(root, images=root / "pictures").table) == 21
 
 
 def test_split_errors(tmp_path):
-    ds = data.load_dataset(make_mame(tmp_path / "set", per_split=(2, 1, 0)))
+    ds = load_dataset(make_mame(tmp_path / "set", per_split=(2, 1, 0)))
     assert ds.subsets == ["train", "val"]
     with pytest.raises(DataError, match=r"No 'test' rows.*available subsets: train, val"):
         ds.split("test")
     with pytest.raises(DataError, match="Unknown subset 'dev'"):
         ds.split("dev")
     with pytest.raises(DataError, match=r"required 'test' split is empty"):
-        data.load_dataset(tmp_path / "set", require=("train", "test"))
+        load_dataset(tmp_path / "set", require=("train", "test"))
 
 
 def test_missing_columns(tmp_path):
     root = make_mame(tmp_path / "set")
     rewrite_csv(root, lambda f: f.drop(columns=["Subset", "Height"]))
     with pytest.raises(DataError, match=r"MAMe_dataset.csv: missing column\(s\) 'Subset', 'Height'") as info:
-        data.load_dataset(root)
+        load_dataset(root)
     assert ",".join(COLUMNS) in str(info.value)
 
 
@@ -170,7 +184,7 @@ def test_unknown_subset_names_rows(tmp_path):
     rewrite_csv(root, edit)
     expected = r"(?s)MAMe_dataset.csv.*2 row\(s\) with an unknown Subset: line 2 \('training'\), line 6 \('dev'\)"
     with pytest.raises(DataError, match=expected):
-        data.load_dataset(root)
+        load_dataset(root)
 
 
 def test_unknown_label_and_bad_numbers_in_one_error(tmp_path):
@@ -184,7 +198,7 @@ def test_unknown_label_and_bad_numbers_in_one_error(tmp_path):
 
     rewrite_csv(root, edit)
     with pytest.raises(DataError) as info:
-        data.load_dataset(root)
+        load_dataset(root)
     message = str(info.value)
     assert "3 problem(s)" in message
     assert "line 3 ('Bronze')" in message and "MAMe_labels.csv" in message
@@ -199,7 +213,7 @@ def test_duplicate_rows(tmp_path):
 
     rewrite_csv(root, edit)
     with pytest.raises(DataError, match=r"2 row\(s\) naming the same image file: line 2 \('img001.jpg'\), line 23"):
-        data.load_dataset(root)
+        load_dataset(root)
 
 
 def test_many_bad_rows_are_counted(tmp_path):
@@ -211,7 +225,7 @@ def test_many_bad_rows_are_counted(tmp_path):
 
     rewrite_csv(root, edit)
     with pytest.raises(DataError, match=r"(?s)21 row\(s\).*and 11 more \(21 in total\)"):
-        data.load_dataset(root)
+        load_dataset(root)
 
 
 def test_missing_and_corrupt_files_all_listed(tmp_path):
@@ -224,7 +238,7 @@ def test_missing_and_corrupt_files_all_listed(tmp_path):
     (images / "img006.jpg").write_bytes(b"this is not an image")
     (images / "img007.jpg").write_bytes(b"")
     with pytest.raises(DataError) as info:
-        data.load_dataset(root)
+        load_dataset(root)
     message = str(info.value)
     assert "MAMe_dataset.csv" in message
     assert "2 image file(s) missing" in message and "line 3 ('img002.jpg')" in message and "img005.jpg" in message
@@ -233,7 +247,7 @@ def test_missing_and_corrupt_files_all_listed(tmp_path):
     assert "img006.jpg': not an image" in message
     assert "img007.jpg': empty file" in message
     # metadata-only reading still works
-    assert len(data.load_dataset(root, check_files=False).table) == 21
+    assert len(load_dataset(root, check_files=False).table) == 21
 
 
 def test_check_images(tmp_path):
@@ -247,23 +261,23 @@ def test_check_images(tmp_path):
     whole = _jpeg_bytes(64, 64)
     truncated.write_bytes(whole[: len(whole) // 2])
     paths = [good, png, half_png, truncated, tmp_path / "absent.jpg"] * 5  # >16 files: the thread pool path
-    bad = data.check_images(paths, workers=4)
+    bad = check_images(paths, workers=4)
     assert [Path(p).name for p, _ in bad[:3]] == ["half.png", "truncated.jpg", "absent.jpg"]
     assert len(bad) == 15
     assert dict(bad)[str(truncated)].startswith("truncated JPEG")
     assert dict(bad)[str(tmp_path / "absent.jpg")] == "file not found"
-    assert data.check_images([good, png]) == []
+    assert check_images([good, png]) == []
     header_only = tmp_path / "header_only.jpg"
     header_only.write_bytes(whole[:300])
-    assert data.check_images([header_only])[0][1].startswith("truncated image header")
+    assert check_images([header_only])[0][1].startswith("truncated image header")
 
 
 def test_detect_layout_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.detect_layout(tmp_path / "nope")
+        detect_layout(tmp_path / "nope")
     (tmp_path / "cats").mkdir()
     with pytest.raises(DataError, match=r"neither dataset layout \(it holds: cats/\).*MAMe layout.*class-per-folder"):
-        data.detect_layout(tmp_path)
+        detect_layout(tmp_path)
     assert issubclass(DataError, _DataError)
 
 
@@ -274,8 +288,8 @@ def test_detect_layout_errors(tmp_path):
 def test_read_folders(tmp_path):
     root = make_folders(tmp_path / "pets", splits=("train", "val", "test"))
     (root / "train" / "dogs" / "notes.txt").write_text("not an image")
-    assert data.detect_layout(root) == "folders"
-    ds = data.load_dataset(root, museum="Louvre")
+    assert detect_layout(root) == "folders"
+    ds = load_dataset(root, museum="Louvre")
     assert ds.layout == "folders" and ds.classes == ["cats", "dogs"]
     assert len(ds.table) == 18 and ds.subsets == ["train", "val", "test"]
     row = ds.table.iloc[0]
@@ -283,29 +297,29 @@ def test_read_folders(tmp_path):
     assert (row["width"], row["height"]) == (41.0, 34.0)
     assert row["product_size"] == 41 * 34 and row["aspect_ratio"] == round(41 / 34, 4)
     assert (ds.table["museum"] == "Louvre").all()
-    assert data.load_dataset(root).table["museum"].iloc[0] == data.UNKNOWN_MUSEUM
+    assert load_dataset(root).table["museum"].iloc[0] == UNKNOWN_MUSEUM
 
 
 def test_read_folders_errors(tmp_path):
     root = make_folders(tmp_path / "pets")
     (root / "extra").mkdir()
     with pytest.raises(DataError, match=r"folder\(s\) 'extra' are not splits"):
-        data.read_folders(root)
+        read_folders(root)
     (root / "extra").rmdir()
     (root / "train" / "loose.jpg").write_bytes(_jpeg_bytes(32, 32))
     with pytest.raises(DataError, match=r"1 image\(s\) lie directly in a split folder.*loose.jpg"):
-        data.read_folders(root)
+        read_folders(root)
     (root / "train" / "loose.jpg").unlink()
     (root / "val" / "cats" / "cats_7.jpg").write_bytes(b"")
     whole = _jpeg_bytes(64, 64)
     (root / "train" / "dogs" / "dogs_4.jpg").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError) as info:
-        data.read_folders(root)
+        read_folders(root)
     assert "2 image file(s) unreadable" in str(info.value)
     assert "train/dogs/dogs_4.jpg (truncated JPEG" in str(info.value)
     assert "val/cats/cats_7.jpg (empty file" in str(info.value)
     with pytest.raises(DataError, match=r"required 'val' split is empty"):
-        data.load_dataset(make_folders(tmp_path / "only_train", splits=("train",)))
+        load_dataset(make_folders(tmp_path / "only_train", splits=("train",)))
 
 
 def _comparable(table: pd.DataFrame) -> pd.DataFrame:
@@ -314,33 +328,33 @@ def _comparable(table: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("copy", [False, True])
 def test_write_mame_round_trip(tmp_path, copy):
-    source = data.load_dataset(make_folders(tmp_path / "pets", ext=".png"), museum="Louvre")
-    out = data.write_mame(source, tmp_path / "imported", copy_images=copy)
+    source = load_dataset(make_folders(tmp_path / "pets", ext=".png"), museum="Louvre")
+    out = write_mame(source, tmp_path / "imported", copy_images=copy)
     assert (out / "data").is_symlink() != copy
     header = (out / "MAMe_metadata" / "MAMe_dataset.csv").read_text().splitlines()[0]
     assert header == ",".join(COLUMNS)
-    again = data.load_dataset(out)
+    again = load_dataset(out)
     assert again.layout == "mame" and again.classes == source.classes
     pd.testing.assert_frame_equal(_comparable(again.table), _comparable(source.table), check_dtype=False)
     for a, b in zip(again.table["path"], source.table["path"]):
         assert Path(a).read_bytes() == Path(b).read_bytes()
     # an earlier import is replaced; any other non-empty folder is refused
-    data.write_mame(source, out)
+    write_mame(source, out)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="not an earlier MAMe import"):
-        data.write_mame(source, tmp_path / "busy")
+        write_mame(source, tmp_path / "busy")
 
 
 def test_write_mame_of_mame_dataset(tmp_path):
-    source = data.load_dataset(make_mame(tmp_path / "set"))
-    again = data.load_dataset(data.write_mame(source, tmp_path / "copy"))
+    source = load_dataset(make_mame(tmp_path / "set"))
+    again = load_dataset(write_mame(source, tmp_path / "copy"))
     pd.testing.assert_frame_equal(_comparable(again.table), _comparable(source.table), check_dtype=False)
 
 
 def test_louvre_import_round_trip_and_cli(louvre, tmp_path, capsys):
     start = time.perf_counter()
-    ds = data.load_dataset(louvre)
+    ds = load_dataset(louvre)
     elapsed = time.perf_counter() - start
     assert len(ds.table) == 1150 and ds.classes == ["Genre", "Landscape", "Naturmort", "Portrait"]
     assert ds.subsets == ["train", "val"] and len(ds.split("val")) == 200
@@ -350,7 +364,7 @@ def test_louvre_import_round_trip_and_cli(louvre, tmp_path, capsys):
     assert data.main(["import", str(louvre), "--out", str(tmp_path / "louvre_mame"), "--museum", "Louvre"]) == 0
     printed = capsys.readouterr().out
     assert "Imported 1150 images, 4 classes" in printed and "Portrait" in printed and "1150" in printed
-    again = data.load_dataset(tmp_path / "louvre_mame", check_files=False)
+    again = load_dataset(tmp_path / "louvre_mame", check_files=False)
     assert (again.table["museum"] == "Louvre").all()
     pd.testing.assert_frame_equal(
         _comparable(again.table).drop(columns=["museum"]), _comparable(ds.table).drop(columns=["museum"]),
@@ -366,11 +380,11 @@ def test_cli_check(tmp_path, capsys, mame_metadata):
     out = capsys.readouterr().out
     assert "21 images, 3 classes" in out and "Woven fabric" in out
     (root / "data_256" / "img001.jpg").unlink()
-    assert data.main(["check", str(root)]) == 1
+    assert data.main(["check", str(root)]) == 2  # a user error: exit 2, like every command
     assert "img001.jpg" in capsys.readouterr().err
     assert data.main(["check", str(mame_metadata), "--no-files", "--toy"]) == 0
     assert "3480 images, 29 classes" in capsys.readouterr().out
-    assert data.main(["check", str(tmp_path / "nothing")]) == 1
+    assert data.main(["check", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -380,7 +394,7 @@ def test_cli_check(tmp_path, capsys, mame_metadata):
 
 @pytest.fixture
 def tiny(tmp_path) -> Dataset:
-    return data.load_dataset(make_mame(tmp_path / "set"))
+    return load_dataset(make_mame(tmp_path / "set"))
 
 
 def _collect(ds):
@@ -394,17 +408,17 @@ def _collect(ds):
 def test_decode_and_resize(tiny):
     import tensorflow as tf
 
-    image = data.decode_and_resize(tf.constant(tiny.table["path"][0]), 24)
+    image = decode_and_resize(tf.constant(tiny.table["path"][0]), 24)
     assert image.shape == (24, 24, 3) and image.dtype == tf.float32
     assert 0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 255
-    assert data.decode_and_resize(tf.constant(tiny.table["path"][0]), (20, 30)).shape == (20, 30, 3)
+    assert decode_and_resize(tf.constant(tiny.table["path"][0]), (20, 30)).shape == (20, 30, 3)
 
 
 def test_pipeline_shapes_labels_and_order(tiny):
     import tensorflow as tf
 
     train = tiny.split("train")
-    ds = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4)
+    ds = make_pipeline(train, image_size=32, preprocess=None, batch_size=4)
     x, y = next(iter(ds))
     assert x.shape == (4, 32, 32, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
     images, labels = _collect(ds)
@@ -412,9 +426,9 @@ def test_pipeline_shapes_labels_and_order(tiny):
     np.testing.assert_array_equal(labels, train["label_index"].to_numpy())
     assert images.max() > 1.0 and images.min() >= 0.0  # 0..255, not rescaled
     np.testing.assert_array_equal(_collect(ds)[0], images)  # no augmentation, no shuffle: deterministic
-    dropped = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4, drop_remainder=True)
+    dropped = make_pipeline(train, image_size=32, preprocess=None, batch_size=4, drop_remainder=True)
     assert sum(1 for _ in dropped) == 2
-    only_images = next(iter(data.make_pipeline(train, image_size=32, preprocess=None, batch_size=9, with_labels=False)))
+    only_images = next(iter(make_pipeline(train, image_size=32, preprocess=None, batch_size=9, with_labels=False)))
     np.testing.assert_array_equal(only_images.numpy(), images)
 
 
@@ -424,16 +438,16 @@ def test_preprocess_applied_once_after_augmentation(tiny):
     def preprocess(x):
         return x / 127.5 - 1.0  # MobileNet-style: 0..255 -> -1..1; twice would land near -1
 
-    raw, _ = _collect(data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4))
-    done, _ = _collect(data.make_pipeline(train, image_size=32, preprocess=preprocess, batch_size=4))
+    raw, _ = _collect(make_pipeline(train, image_size=32, preprocess=None, batch_size=4))
+    done, _ = _collect(make_pipeline(train, image_size=32, preprocess=preprocess, batch_size=4))
     np.testing.assert_allclose(done, raw / 127.5 - 1.0, rtol=1e-5, atol=1e-5)
     augmented, _ = _collect(
-        data.make_pipeline(train, image_size=32, preprocess=preprocess, batch_size=4, augment=True, training=True)
+        make_pipeline(train, image_size=32, preprocess=preprocess, batch_size=4, augment=True, training=True)
     )
     assert augmented.min() >= -1.0 - 1e-5 and augmented.max() <= 1.0 + 1e-5 and augmented.max() > 0
     import keras
 
-    with_keras, _ = _collect(data.make_pipeline(
+    with_keras, _ = _collect(make_pipeline(
         train, image_size=32, preprocess=keras.applications.mobilenet.preprocess_input, batch_size=4))
     np.testing.assert_allclose(with_keras, done, rtol=1e-5, atol=1e-5)
 
@@ -442,7 +456,7 @@ def test_shuffle_and_augment_are_seeded(tiny):
     train = tiny.split("train")
 
     def run(**kw):
-        return _collect(data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4, **kw))
+        return _collect(make_pipeline(train, image_size=32, preprocess=None, batch_size=4, **kw))
 
     x1, y1 = run(training=True, augment=True, seed=3)
     x2, y2 = run(training=True, augment=True, seed=3)
@@ -452,22 +466,22 @@ def test_shuffle_and_augment_are_seeded(tiny):
     plain, labels = run()
     flipped_or_rotated, _ = run(augment=True)  # augment without shuffle keeps the order
     assert not np.allclose(flipped_or_rotated, plain)
-    ds = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=9, training=True, seed=1)
+    ds = make_pipeline(train, image_size=32, preprocess=None, batch_size=9, training=True, seed=1)
     epochs = [next(iter(ds))[1].numpy().tolist() for _ in range(4)]
     assert len({tuple(e) for e in epochs}) > 1  # reshuffled each epoch
 
 
 def test_cache_gives_same_images(tiny, tmp_path):
     train = tiny.split("train")
-    plain, _ = _collect(data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4))
-    ds = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4, cache=True)
+    plain, _ = _collect(make_pipeline(train, image_size=32, preprocess=None, batch_size=4))
+    ds = make_pipeline(train, image_size=32, preprocess=None, batch_size=4, cache=True)
     first, second = _collect(ds)[0], _collect(ds)[0]
     np.testing.assert_array_equal(first, plain)
     np.testing.assert_array_equal(second, plain)
-    shuffled = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=9, cache=True, training=True)
+    shuffled = make_pipeline(train, image_size=32, preprocess=None, batch_size=9, cache=True, training=True)
     a, b = next(iter(shuffled))[1].numpy(), next(iter(shuffled))[1].numpy()
     assert sorted(a) == sorted(b) == sorted(train["label_index"])
-    on_disk = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4, cache=str(tmp_path / "c"))
+    on_disk = make_pipeline(train, image_size=32, preprocess=None, batch_size=4, cache=str(tmp_path / "c"))
     np.testing.assert_array_equal(_collect(on_disk)[0], plain)
 
 
@@ -477,14 +491,14 @@ def test_decode_failure_names_the_file(tiny):
     train = tiny.split("train")
     bad = train["path"][2]
     Path(bad).write_bytes(Path(bad).read_bytes()[:200])
-    ds = data.make_pipeline(train, image_size=32, preprocess=None, batch_size=4)
+    ds = make_pipeline(train, image_size=32, preprocess=None, batch_size=4)
     with pytest.raises(tf.errors.InvalidArgumentError, match=os.path.basename(bad)):
         _collect(ds)
 
 
 def test_empty_table_rejected(tiny):
     with pytest.raises(DataError, match="empty table"):
-        data.make_pipeline(tiny.table.iloc[:0], image_size=32, preprocess=None, batch_size=4)
+        make_pipeline(tiny.table.iloc[:0], image_size=32, preprocess=None, batch_size=4)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -502,7 +516,7 @@ def test_metadata_features():
             "museum": ["Met", "LACMA", "Met"],
         }
     )
-    matrix, names = data.metadata_features(table)
+    matrix, names = metadata_features(table)
     assert names == ["width", "height", "product_size", "aspect_ratio", "museum=LACMA", "museum=Met"]
     assert matrix.dtype == np.float32 and matrix.shape == (3, 6)
     np.testing.assert_allclose(matrix[:, 0], np.log1p([100, 200, 50]), rtol=1e-6)
@@ -510,8 +524,8 @@ def test_metadata_features():
     np.testing.assert_array_equal(matrix[:, 4:], [[0, 1], [1, 0], [0, 1]])
     # val/test use the train museums: same columns, unknown museum -> zeros
     other = table.assign(museum=["Cleveland", "Met", "Met"])
-    matrix2, names2 = data.metadata_features(other, museums=["LACMA", "Met"])
+    matrix2, names2 = metadata_features(other, museums=["LACMA", "Met"])
     assert names2 == names
     np.testing.assert_array_equal(matrix2[:, 4:], [[0, 0], [0, 1], [0, 1]])
     with pytest.raises(DataError, match="b.jpg"):
-        data.metadata_features(table.assign(width=[1.0, np.nan, 2.0]))
+        metadata_features(table.assign(width=[1.0, np.nan, 2.0]))

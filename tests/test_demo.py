@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mame_transfer import data, demo
-
+from mame_transfer import data
+from mame_transfer.datasets import demo
+from mame_transfer.datasets.pipeline import decode_and_resize
+from mame_transfer.datasets.tables import COLUMNS, SUBSETS, detect_layout, load_dataset
 
 SIZES = (10, 3, 4)
 
@@ -26,15 +28,15 @@ def test_demo_is_a_valid_mame_layout(demo_root):
     root, seconds = demo_root
     assert seconds < 20, f"generating the demo set took {seconds:.1f} s"
     assert root.name == "demo-v1-seed0-10-3-4"
-    assert data.detect_layout(root) == "mame"
-    ds = data.load_dataset(root)  # checks every row and every image file
+    assert detect_layout(root) == "mame"
+    ds = load_dataset(root)  # checks every row and every image file
     assert ds.classes == demo.CLASSES and ds.num_classes == 6
     assert ds.image_root == root / "data_256"
     counts = ds.table.groupby(["subset", "label"]).size()
-    for subset, n in zip(data.SUBSETS, SIZES):
+    for subset, n in zip(SUBSETS, SIZES):
         assert (counts[subset] == n).all()
     assert set(ds.table["museum"]) <= set(demo.MUSEUMS) and ds.table["museum"].nunique() >= 2
-    toy = data.load_dataset(root, toy=True)
+    toy = load_dataset(root, toy=True)
     assert len(toy.table) == 6 * (3 + 1 + 1) and toy.classes == ds.classes
     assert set(toy.table["image"]) <= set(ds.table["image"])
 
@@ -42,14 +44,14 @@ def test_demo_is_a_valid_mame_layout(demo_root):
 def test_demo_csv_spells_woven_fabric_like_mame(demo_root):
     root, _ = demo_root
     text = (root / "MAMe_metadata" / "MAMe_dataset.csv").read_text()
-    assert text.splitlines()[0] == ",".join(data.COLUMNS)
+    assert text.splitlines()[0] == ",".join(COLUMNS)
     assert ",Woven fabric ," in text
     assert "5,Woven fabric\n" in (root / "MAMe_metadata" / "MAMe_labels.csv").read_text()
 
 
 def test_demo_sizes_vary_and_match_the_files(demo_root):
     root, _ = demo_root
-    table = data.load_dataset(root).table
+    table = load_dataset(root).table
     assert table["width"].between(48, 320).all() and table["height"].between(48, 320).all()
     assert table["width"].nunique() > 30 and table["height"].nunique() > 30
     assert table["aspect_ratio"].min() < 0.7 and table["aspect_ratio"].max() > 1.4
@@ -65,12 +67,12 @@ def test_demo_sizes_vary_and_match_the_files(demo_root):
 
 def test_demo_classes_differ(demo_root):
     root, _ = demo_root
-    table = data.load_dataset(root).split("train")
+    table = load_dataset(root).split("train")
     import tensorflow as tf
 
     means = {}
     for label, rows in table.groupby("label"):
-        images = [data.decode_and_resize(tf.constant(p), 32).numpy() for p in rows["path"][:6]]
+        images = [decode_and_resize(tf.constant(p), 32).numpy() for p in rows["path"][:6]]
         means[label] = np.mean([im.std() for im in images])  # texture contrast differs by class
     assert len(means) == 6 and max(means.values()) > 1.5 * min(means.values())
 
@@ -104,7 +106,7 @@ def test_interrupted_generation_is_not_taken_as_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_save_jpeg", original)
     root = demo.ensure_demo(tmp_path, sizes=(2, 1, 1))
     assert root.name == "demo-v1-seed0-2-1-1"
-    assert len(data.load_dataset(root).table) == 6 * 4
+    assert len(load_dataset(root).table) == 6 * 4
 
 
 def test_seed_changes_the_images(tmp_path):

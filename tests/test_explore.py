@@ -9,10 +9,22 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from browser import open_page
-from mame_transfer import explore, features
-from mame_transfer.errors import ConfigError, DataError
+
+from mame_transfer import explore
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.explorer.neighbours import (
+    approx_error,
+    knn,
+    normalize,
+    precision_at_k,
+    project,
+    quantize,
+)
+from mame_transfer.explorer.serve import serving
+from mame_transfer.explorer.site import ExplorerWarning, build_site
+from mame_transfer.store.export import export
+from mame_transfer.store.store import write_store
 
 HOSTILE_LABEL = '<script>window.__pwned=1</script>"quoted\' label'
 HOSTILE_NAME = 'x"><img src=x onerror="window.__pwned=2">\'</script>.jpg'
@@ -23,8 +35,8 @@ HOSTILE_NAME = 'x"><img src=x onerror="window.__pwned=2">\'</script>.jpg'
 
 def test_knn_matches_brute_force_across_blocks():
     rng = np.random.default_rng(1)
-    unit = explore.normalize(rng.normal(size=(53, 7)))
-    ids, scores = explore.knn(unit, 4, block=10)  # several blocks, last one partial
+    unit = normalize(rng.normal(size=(53, 7)))
+    ids, scores = knn(unit, 4, block=10)  # several blocks, last one partial
     sims = unit @ unit.T
     np.fill_diagonal(sims, -np.inf)
     want = np.argsort(-sims, axis=1)[:, :4]
@@ -32,20 +44,20 @@ def test_knn_matches_brute_force_across_blocks():
     np.testing.assert_allclose(scores, np.take_along_axis(sims, want, axis=1), rtol=1e-6)
     assert (ids != np.arange(53)[:, None]).all()
     # the thresholded top-k (every 5th column sampled first) gives the same answer
-    ids2, scores2 = explore.knn(unit, 4, block=10, sample=9)
+    ids2, scores2 = knn(unit, 4, block=10, sample=9)
     np.testing.assert_array_equal(ids2, want)
     np.testing.assert_array_equal(scores2, scores)
     assert (np.diff(scores, axis=1) <= 0).all()
     # k larger than the collection is capped at n - 1
-    assert explore.knn(unit[:3], 10)[0].shape == (3, 2)
+    assert knn(unit[:3], 10)[0].shape == (3, 2)
     with pytest.raises(DataError, match="at least 2 items"):
-        explore.knn(unit[:1], 3)
+        knn(unit[:1], 3)
 
 
 def test_precision_at_k_literal():
     labels = ["a", "a", "b", "b"]
     ids = np.array([[1, 2], [0, 3], [0, 1], [2, -1]])
-    table = explore.precision_at_k(labels, ids, [1, 2], ["a", "b"])
+    table = precision_at_k(labels, ids, [1, 2], ["a", "b"])
     assert table.loc["a", "P@1"] == 1.0 and table.loc["a", "P@2"] == 0.5
     assert table.loc["b", "P@1"] == 0.5 and table.loc["b", "P@2"] == 0.25  # -1 (no neighbour) counts as a miss
     assert table.loc["all", "n"] == 4 and table.loc["all", "P@1"] == 0.75
@@ -54,14 +66,14 @@ def test_precision_at_k_literal():
 def test_projection_quantization_error_is_small_and_measured():
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(5, 256))
-    unit = explore.normalize(centres[rng.integers(0, 5, 400)] + 0.5 * rng.normal(size=(400, 256)))
-    q, scale = explore.quantize(unit @ explore.project(unit, 32))
+    unit = normalize(centres[rng.integers(0, 5, 400)] + 0.5 * rng.normal(size=(400, 256)))
+    q, scale = quantize(unit @ project(unit, 32))
     assert q.dtype == np.int8 and q.shape == (400, 32)
-    err = explore.approx_error(unit, q, scale)
+    err = approx_error(unit, q, scale)
     assert err["mean_abs_error"] < 0.05 and err["mean_pearson_r"] > 0.95
     # dims beyond the embedding size keep everything: only int8 rounding remains
-    q2, s2 = explore.quantize(unit @ explore.project(unit, 512))
-    assert explore.approx_error(unit, q2, s2)["max_abs_error"] < 0.02
+    q2, s2 = quantize(unit @ project(unit, 512))
+    assert approx_error(unit, q2, s2)["max_abs_error"] < 0.02
 
 
 # ------------------------------------------------------------------------------------------------- stores
@@ -78,17 +90,17 @@ def _synthetic_store(path, images, labels, paths, dim=24, seed=0, classes=None):
                          "product_size": 2000, "aspect_ratio": 1.25})
     manifest = {"arch": "synthetic", "alpha": None, "weights": None, "run": None, "layer": "x", "image_size": 32,
                 "preprocessing": "none", "classes": classes}
-    return features.write_store(path, manifest=manifest, splits={"train": (emb, meta)})
+    return write_store(path, manifest=manifest, splits={"train": (emb, meta)})
 
 
 @pytest.fixture(scope="module")
 def demo_stores(demo_root, tmp_path_factory):
     """Two stores of the demo set: test_tiny features (32 px) and a second store of the same images."""
-    from mame_transfer import data
+    from mame_transfer.datasets.tables import load_dataset
 
     base = tmp_path_factory.mktemp("explore_stores")
-    ds = data.load_dataset(demo_root)
-    store = features.export(base / "tiny", ds, arch="test_tiny", weights=None, image_size=32, batch_size=64,
+    ds = load_dataset(demo_root)
+    store = export(base / "tiny", ds, arch="test_tiny", weights=None, image_size=32, batch_size=64,
                             verbose=0)
     table = pd.concat([store.metadata(s) for s in store.splits], ignore_index=True)
     other = _synthetic_store(base / "other", table["image"].tolist(), table["label"].tolist(),
@@ -101,13 +113,13 @@ def demo_stores(demo_root, tmp_path_factory):
 
 def test_click_through_in_chromium(demo_stores, tmp_path):
     store, other = demo_stores
-    site = explore.build_site(store, tmp_path / "site", k=5, compare=other)
+    site = build_site(store, tmp_path / "site", k=5, compare=other)
     assert site.missing == [] and site.n == sum(store.manifest["splits"][s]["n"] for s in store.splits)
     assert set(site.quality.index) == set(store.classes) | {"all"}
     assert site.quality_compare.loc["all", "P@5"] > 0.9  # the clustered second store retrieves its labels
     assert (tmp_path / "site" / "precision_at_k.csv").is_file()
 
-    with explore.serving(site.path) as url, open_page(url) as view:
+    with serving(site.path) as url, open_page(url) as view:
         page = view.page
         page.wait_for_selector("body[data-ready='1']")
         assert page.locator("#grid figure.thumb").count() == 60  # first page of the paged grid
@@ -157,8 +169,8 @@ def test_missing_images_and_hostile_names(tmp_path, demo_root):
     paths = [str(p) for p in real] + [str(real[0]), str(tmp_path / "gone.jpg")]
     paths[3] = ""  # no path at all
     store = _synthetic_store(tmp_path / "store", images, labels, paths)
-    with pytest.warns(explore.ExplorerWarning, match=r"2 of 11 image file\(s\).*gone\.jpg"):
-        site = explore.build_site(store, tmp_path / "site", k=3)
+    with pytest.warns(ExplorerWarning, match=r"2 of 11 image file\(s\).*gone\.jpg"):
+        site = build_site(store, tmp_path / "site", k=3)
     assert len(site.missing) == 2
     for f in (tmp_path / "site" / "data").rglob("*.js"):
         text = f.read_text()
@@ -196,10 +208,10 @@ def test_cli_build_reuse_and_local_server(tmp_path, demo_root, capsys):
     assert build["n"] == 12 and build["k"] == 4 and build["approx"]["dim"] == 8
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = explore.build_site(tmp_path / "store", out, k=4, pca_dim=8, reuse=True)
+        again = build_site(tmp_path / "store", out, k=4, pca_dim=8, reuse=True)
     assert again.reused
-    assert not explore.build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True).reused  # options changed
-    with explore.serving(out) as url:
+    assert not build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True).reused  # options changed
+    with serving(out) as url:
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "data/meta.js") as resp:
             assert resp.read().startswith(b'MAMEX.put("meta",')
@@ -210,8 +222,8 @@ def test_bad_arguments(tmp_path, demo_root):
     store = _synthetic_store(tmp_path / "a", [p.name for p in real], ["a", "b"] * 2, [str(p) for p in real])
     other = _synthetic_store(tmp_path / "b", ["other1.jpg", "other2.jpg"], ["a", "b"], ["", ""])
     with pytest.raises(ConfigError, match="k=0"):
-        explore.build_site(store, tmp_path / "s", k=0)
+        build_site(store, tmp_path / "s", k=0)
     with pytest.raises(DataError, match=r"--compare .*only 0 of 4 images"):
-        explore.build_site(store, tmp_path / "s", k=2, compare=other, thumbnails=False)
+        build_site(store, tmp_path / "s", k=2, compare=other, thumbnails=False)
     assert not (tmp_path / "s").exists()
     assert explore.main([str(tmp_path / "missing_store"), "--out", str(tmp_path / "s")]) == 2

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from mame_transfer import features
-from mame_transfer.errors import DataError
+from mame_transfer.core.errors import DataError
+from mame_transfer.store import export as export_mod
+from mame_transfer.store.export import _stream, export
+from mame_transfer.store.store import FORMAT, PROGRESS, load_store, write_store
 
 
 def _meta(n, split="train"):
@@ -27,12 +30,12 @@ def _store(tmp_path, dim=32, arch="test_tiny", layer="block3_pool", probs=False)
         if probs else None
     manifest = {"arch": arch, "alpha": 1.0, "weights": None, "run": None, "layer": layer, "image_size": 32,
                 "preprocessing": "x", "classes": ["a", "b"]}
-    return features.write_store(tmp_path / "store", manifest=manifest, splits=splits, extra_sets=extra), splits
+    return write_store(tmp_path / "store", manifest=manifest, splits=splits, extra_sets=extra), splits
 
 
 def test_roundtrip(tmp_path):
     store, splits = _store(tmp_path, probs=True)
-    again = features.load_store(tmp_path / "store")
+    again = load_store(tmp_path / "store")
     assert again.splits == ["train", "val"]
     assert again.classes == ["a", "b"]
     assert again.feature_sets == ["embeddings", "imagenet_probs"]
@@ -42,7 +45,7 @@ def test_roundtrip(tmp_path):
     assert list(again.metadata("train")["image"]) == list(splits["train"][1]["image"])
     assert again.embeddings("train", "imagenet_probs").shape == (6, 1000)
     man = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert man["format"] == features.FORMAT and man["augment"] is False
+    assert man["format"] == FORMAT and man["augment"] is False
     assert man["splits"]["train"] == {"n": 6, "dim": 32}
     # pandas alone reads the files (other tools rely on it)
     assert len(pd.read_csv(tmp_path / "store" / "val" / "metadata.csv")) == 4
@@ -51,7 +54,7 @@ def test_roundtrip(tmp_path):
 def test_missing_manifest(tmp_path):
     (tmp_path / "nostore").mkdir()
     with pytest.raises(DataError, match=r"nostore/manifest\.json does not exist"):
-        features.load_store(tmp_path / "nostore")
+        load_store(tmp_path / "nostore")
 
 
 def test_missing_split(tmp_path):
@@ -73,7 +76,7 @@ def test_wrong_arch_dim(tmp_path):
     man.write_text(json.dumps(m))
     with pytest.raises(DataError, match=r"train/embeddings\.npy holds 32-d vectors, but mobilenet \(alpha 0.25\).*"
                                         r"another architecture than .*manifest\.json says"):
-        features.load_store(tmp_path / "store")
+        load_store(tmp_path / "store")
 
 
 def test_mismatched_rows(tmp_path):
@@ -81,9 +84,9 @@ def test_mismatched_rows(tmp_path):
     meta = tmp_path / "store" / "val" / "metadata.csv"
     pd.read_csv(meta).iloc[:3].to_csv(meta, index=False)
     with pytest.raises(DataError, match=r"val/metadata\.csv has 3 rows but .*val/embeddings\.npy has 4"):
-        features.load_store(tmp_path / "store")
+        load_store(tmp_path / "store")
     with pytest.raises(DataError, match="must match row for row"):
-        features.write_store(tmp_path / "s2", manifest={"classes": ["a"]},
+        write_store(tmp_path / "s2", manifest={"classes": ["a"]},
                              splits={"train": (np.zeros((3, 2)), _meta(4))})
 
 
@@ -91,22 +94,22 @@ def test_truncated_array(tmp_path):
     _store(tmp_path)
     np.save(tmp_path / "store" / "train" / "embeddings.npy", np.zeros((5, 32), np.float32))
     with pytest.raises(DataError, match=r"train/embeddings\.npy has shape \(5, 32\); the manifest .* says \(6, 32\)"):
-        features.load_store(tmp_path / "store")
+        load_store(tmp_path / "store")
 
 
 # ------------------------------------------------------------------------------------------------- export
 
 
 def _demo(demo_root):
-    from mame_transfer import data
+    from mame_transfer.datasets.tables import load_dataset
 
-    return data.load_dataset(demo_root)
+    return load_dataset(demo_root)
 
 
 def test_export_demo_and_resume(tmp_path, demo_root, monkeypatch):
     dataset = _demo(demo_root)
     kw = dict(arch="test_tiny", weights=None, image_size=32, splits=["train", "val"], batch_size=64, verbose=0)
-    ref = features.export(tmp_path / "ref", dataset, **kw)
+    ref = export(tmp_path / "ref", dataset, **kw)
     assert ref.manifest["splits"] == {"train": {"n": 240, "dim": 32}, "val": {"n": 60, "dim": 32}}
     m = ref.manifest
     assert (m["arch"], m["layer"], m["augment"], m["jitter"], m["weights"]) == \
@@ -116,38 +119,38 @@ def test_export_demo_and_resume(tmp_path, demo_root, monkeypatch):
     assert not (tmp_path / "ref.partial").exists()
 
     # interrupt after the second flushed batch of train, then rerun: it resumes at row 128, not 0
-    real_write, calls = features.write_json, []
+    real_write, calls = export_mod.write_json, []
 
     def dying_write(path, obj):
         real_write(path, obj)
-        if path.name == features.PROGRESS and obj["done"]:
+        if path.name == PROGRESS and obj["done"]:
             calls.append(dict(obj["done"]))
             if len(calls) == 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(features, "write_json", dying_write)
+    monkeypatch.setattr(export_mod, "write_json", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        features.export(tmp_path / "store", dataset, **kw)
-    monkeypatch.setattr(features, "write_json", real_write)
+        export(tmp_path / "store", dataset, **kw)
+    monkeypatch.setattr(export_mod, "write_json", real_write)
     with pytest.raises(DataError, match="export was interrupted; rerun it to resume"):
-        features.load_store(tmp_path / "store")
+        load_store(tmp_path / "store")
     starts = []
-    real_stream = features._stream
-    monkeypatch.setattr(features, "_stream", lambda model, table, array, start, **k: (
+    real_stream = _stream
+    monkeypatch.setattr(export_mod, "_stream", lambda model, table, array, start, **k: (
         starts.append(start), real_stream(model, table, array, start, **k))[1])
-    store = features.export(tmp_path / "store", dataset, **kw)
+    store = export(tmp_path / "store", dataset, **kw)
     assert starts == [128, 0]  # train resumed after 2 batches of 64; val started fresh
     for split in ("train", "val"):
         np.testing.assert_allclose(store.embeddings(split), ref.embeddings(split), rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="already exists; pass --overwrite"):
-        features.export(tmp_path / "store", dataset, **kw)
+        export(tmp_path / "store", dataset, **kw)
 
 
 def test_export_from_run_layer_and_projector_cli(tmp_path, tiny_run, capsys):
     out = tmp_path / "ft"
     assert features.main(["--model", str(tiny_run), "--layer", "head_dense_1", "--demo", "--splits", "val",
                           "--out", str(out), "--verbose", "0"]) == 0
-    store = features.load_store(out)
+    store = load_store(out)
     assert store.manifest["layer"] == "head_dense_1" and store.manifest["run"] == str(tiny_run.resolve())
     assert store.embeddings("val").shape == (60, 16)
     assert features.main(["projector", str(out), "--split", "val", "--out", str(tmp_path / "proj")]) == 0
@@ -160,7 +163,7 @@ def test_export_from_run_layer_and_projector_cli(tmp_path, tiny_run, capsys):
 
 
 def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):
-    store = features.export(tmp_path / "s", _demo(demo_root), arch="mobilenet", alpha=0.25, weights="imagenet",
+    store = export(tmp_path / "s", _demo(demo_root), arch="mobilenet", alpha=0.25, weights="imagenet",
                             image_size=32, splits=["val"], batch_size=30, imagenet_probs=True, verbose=0)
     assert store.feature_sets == ["embeddings", "imagenet_probs"]
     assert store.embeddings("val").shape == (60, 256)
@@ -168,5 +171,5 @@ def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):
     assert probs.shape == (60, 1000)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
     with pytest.raises(Exception, match="--imagenet-probs needs a backbone with ImageNet weights"):
-        features.export(tmp_path / "t", _demo(demo_root), arch="test_tiny", weights=None, image_size=32,
+        export(tmp_path / "t", _demo(demo_root), arch="test_tiny", weights=None, image_size=32,
                         splits=["val"], imagenet_probs=True, verbose=0)

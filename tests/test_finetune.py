@@ -14,8 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mame_transfer import backbones, evaluate, finetune
-from mame_transfer.config import TrainConfig
+from mame_transfer import evaluate, finetune
+from mame_transfer.core.config import TrainConfig
+from mame_transfer.models import backbones
+from mame_transfer.training.compile import class_weights
+from mame_transfer.training.runs import (
+    STATE_DIR,
+    find_work_dir,
+    load_run,
+    resolved_config,
+)
+from mame_transfer.training import trainer
+from mame_transfer.training.trainer import finish_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "16",
@@ -29,7 +39,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
         assert (tiny_run / name).is_file(), f"{name} missing"
         assert (tiny_run / name).stat().st_size > 0
     assert not tiny_run.with_name(tiny_run.name + ".partial").exists()
-    assert not (tiny_run / finetune.STATE_DIR).exists()
+    assert not (tiny_run / STATE_DIR).exists()
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"}
     for split in ("val", "test"):
@@ -46,7 +56,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     classes = json.loads((tiny_run / "class_index.json").read_text())
     assert "Woven fabric" in classes  # trailing space of the MAMe CSV stripped
     # The resolved config reproduces the run: auto values are filled in.
-    config = evaluate.load_run(tiny_run)[1]
+    config = load_run(tiny_run)[1]
     assert config.freeze_until == backbones.get("test_tiny").default_freeze and config.image_size == 32
 
 
@@ -72,7 +82,7 @@ def test_yaml_config_with_flag_override_and_two_phase_schedule(tmp_path, demo_ro
     out = tmp_path / "run"
     assert finetune.main(["--config", str(cfg), "--demo", "--lr", "2e-3", "--out", str(out), "--verbose", "0",
                           "--freeze-until", "none"]) == 0
-    config = evaluate.load_run(out)[1]
+    config = load_run(out)[1]
     assert config.lr == 2e-3 and config.optimizer == "adamw" and config.warmup_epochs == 1
     log = (out / "run.log").read_text()
     assert "phase 1: epochs 1-1, freeze until all" in log and "phase 2: epochs 2-3, freeze until none" in log
@@ -87,20 +97,20 @@ def test_existing_out_needs_overwrite(tiny_run, capsys):
 def test_crash_leaves_partial_and_rerun_resumes(tmp_path, monkeypatch, demo_root):
     out = tmp_path / "run"
     calls = {"n": 0}
-    real = finetune.finish_run
+    real = finish_run
 
     def crash(*args, **kwargs):
         calls["n"] += 1
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(finetune, "finish_run", crash)
+    monkeypatch.setattr(trainer, "finish_run", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         finetune.main(TINY + ["--epochs", "2", "--out", str(out)])
     assert not out.exists(), "a crashed run must not look complete"
     partial = out.with_name("run.partial")
-    state = json.loads((partial / finetune.STATE_DIR / "state.json").read_text())
+    state = json.loads((partial / STATE_DIR / "state.json").read_text())
     assert state["epoch"] == 2
-    monkeypatch.setattr(finetune, "finish_run", real)
+    monkeypatch.setattr(trainer, "finish_run", real)
     assert finetune.main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
     assert "resuming after epoch 2" in (out / "run.log").read_text()
     assert len(pd.read_csv(out / "history.csv")) == 2  # no epoch trained twice
@@ -113,7 +123,7 @@ def test_kill_minus_nine_then_same_command_resumes(tmp_path, demo_root):
     cmd = [sys.executable, "-m", "mame_transfer.finetune"] + TINY + ["--epochs", "4", "--out", str(out),
                                                                      "--early-stopping", "0", "--steps-per-epoch", "60"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    state_file = out.with_name("run.partial") / finetune.STATE_DIR / "state.json"
+    state_file = out.with_name("run.partial") / STATE_DIR / "state.json"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -140,13 +150,13 @@ def test_kill_minus_nine_then_same_command_resumes(tmp_path, demo_root):
     assert "optimizer state could not be restored" not in log
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]
-    model = evaluate.load_run(out)[0]
+    model = load_run(out)[0]
     assert model.output_shape == (None, 6)
 
 
 def test_resume_without_out_finds_the_interrupted_run(tmp_path, monkeypatch, demo_root):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(finetune, "finish_run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(trainer, "finish_run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert finetune.main(TINY + ["--epochs", "1"]) == 130
     partials = list((tmp_path / "saved_models").glob("test_tiny-*.partial"))
     assert len(partials) == 1
@@ -156,18 +166,18 @@ def test_resume_without_out_finds_the_interrupted_run(tmp_path, monkeypatch, dem
     runs = [p for p in (tmp_path / "saved_models").iterdir()]
     assert [p.name for p in runs] == [partials[0].name[: -len(".partial")]]
     # A different config does not pick up someone else's partial run.
-    assert finetune.find_work_dir(finetune.resolved_config(TrainConfig(arch="test_tiny", demo=True, lr=1.0)))[2] is False
+    assert find_work_dir(resolved_config(TrainConfig(arch="test_tiny", demo=True, lr=1.0)))[2] is False
 
 
 def test_class_weights_balanced():
-    w = finetune.class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    w = class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
     assert w == pytest.approx({0: 4 / 9, 1: 4 / 3, 2: 1.0})
-    assert finetune.class_weights(np.array([0, 1]), 2, "none") is None
+    assert class_weights(np.array([0, 1]), 2, "none") is None
 
 
 def test_offline_demo_stops_fast_naming_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(backbones, "_keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr(backbones, "keras_models_dirs", lambda: [tmp_path / "models"])
     monkeypatch.setattr(backbones, "_host_reachable", lambda url, timeout=4.0: False)
     start = time.time()
     code = finetune.main(["--demo", "--arch", "mobilenet", "--alpha", "0.25", "--image-size", "64", "--epochs", "1",

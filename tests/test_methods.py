@@ -12,9 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mame_transfer import ensemble, methods, model as model_mod, tta, varshape
-from mame_transfer.config import TrainConfig
-from mame_transfer.errors import ConfigError
+from mame_transfer import ensemble
+from mame_transfer.core.config import TrainConfig
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.datasets import varshape
+from mame_transfer.inference import tta
+from mame_transfer.models import build as model_mod
+from mame_transfer.training import methods
+from mame_transfer.training.evaluation import average, check_same_classes
 
 
 def _folder_set(root, classes=("a", "b", "c"), n=3, sizes=((48, 48), (20, 100), (100, 20))):
@@ -57,12 +62,12 @@ def _tiny(num_classes=3, **kw):
 def test_block_lr_one_sgd_step_moves_each_group_by_its_lr():
     import tensorflow as tf
 
-    from mame_transfer import finetune
+    from mame_transfer.training.compile import compile_model
 
     net = _tiny()
     config = TrainConfig(demo=True, arch="test_tiny", optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.5,
                          block_lr="block1:0.1,block2-block3:0.01,head:1.0", l2=0.0)
-    finetune.compile_model(net, config, 3)
+    compile_model(net, config, 3)
     import keras
 
     assert isinstance(net.optimizer, keras.optimizers.MultiOptimizer)
@@ -219,10 +224,10 @@ def test_budget_hw_keeps_aspect():
 
 
 def test_variable_shape_pipeline_and_model_take_aspect_0_2_and_5(tmp_path):
-    from mame_transfer import data
+    from mame_transfer.datasets.tables import load_dataset
 
     root = _folder_set(tmp_path / "set")
-    table = data.load_dataset(root).split("train")
+    table = load_dataset(root).split("train")
     net = _tiny(variable_shape=True)
     assert net.input_shape == (None, None, None, 3)
     ds = varshape.make_pipeline(table, pixels=2048, preprocess=lambda x: x / 127.5 - 1, batch_size=2, training=True)
@@ -243,7 +248,8 @@ def test_variable_shape_pipeline_and_model_take_aspect_0_2_and_5(tmp_path):
 
 def test_finetune_variable_shape_flip_then_double_finetune(tmp_path):
     """Run 1 (variable shape, per-block LR, flip TTA); run 2 starts from its backbone with other classes."""
-    from mame_transfer import evaluate, finetune
+    from mame_transfer import finetune
+    from mame_transfer.training.runs import load_run
 
     src = _folder_set(tmp_path / "src", classes=("a", "b", "c"))
     dst = _folder_set(tmp_path / "dst", classes=("x", "y"))
@@ -257,8 +263,8 @@ def test_finetune_variable_shape_flip_then_double_finetune(tmp_path):
     assert (tmp_path / "run1" / "predictions_val_flip.csv").is_file()
     assert finetune.main(["--data", str(dst), *common, "--image-size", "32", "--freeze-until", "all",
                           "--init-from", str(tmp_path / "run1"), "--out", str(tmp_path / "run2")]) == 0
-    source, _, _ = evaluate.load_run(tmp_path / "run1")
-    target, _, classes = evaluate.load_run(tmp_path / "run2")
+    source, _, _ = load_run(tmp_path / "run1")
+    target, _, classes = load_run(tmp_path / "run2")
     assert classes == ["x", "y"]
     for layer in (la for la in model_mod.backbone_layers(target) if la.weights):
         for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
@@ -279,10 +285,10 @@ def test_init_from_new_head_and_mismatch_error(tiny_run):
 
 def test_average_weights():
     a, b = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
-    np.testing.assert_allclose(ensemble.average([a, b]), [[0.5, 0.5]])
-    np.testing.assert_allclose(ensemble.average([a, b], [3, 1]), [[0.75, 0.25]])
+    np.testing.assert_allclose(average([a, b]), [[0.5, 0.5]])
+    np.testing.assert_allclose(average([a, b], [3, 1]), [[0.75, 0.25]])
     with pytest.raises(ValueError, match="non-negative"):
-        ensemble.average([a, b], [1, -1])
+        average([a, b], [1, -1])
 
 
 def test_ensemble_cli_and_class_mismatch(tiny_run, tmp_path, capsys):
@@ -305,7 +311,7 @@ def test_ensemble_cli_and_class_mismatch(tiny_run, tmp_path, capsys):
     assert ensemble.main([str(tiny_run), str(other), "--out", str(tmp_path / "bad")]) == 2
     assert "must share classes" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"only in .*other: \['Paint'\]"):
-        ensemble.check_same_classes([tiny_run, other])
+        check_same_classes([tiny_run, other])
 
 
 # ----------------------------------------------------------------------------------- jittered features
@@ -331,16 +337,17 @@ def test_jitter_views_and_average():
 
 def test_block_lr_optimizer_state_survives_resume(tmp_path):
     """The per-epoch resume state saves and restores every inner optimizer's variables."""
-    from mame_transfer import finetune
+    from mame_transfer.training.compile import compile_model
+    from mame_transfer.training.runs import ResumeState
 
     config = TrainConfig(demo=True, arch="test_tiny", optimizer="adam", lr=1e-2, block_lr="block1:1e-3,head:1e-1")
     x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
     y = np.array([0, 1, 2, 0])
-    net = finetune.compile_model(_tiny(), config, 3)
+    net = compile_model(_tiny(), config, 3)
     net.fit(x, y, epochs=1, verbose=0)
-    resume = finetune.ResumeState(tmp_path)
+    resume = ResumeState(tmp_path)
     resume.save(net, 1, 0, {}, {})
-    again = finetune.compile_model(_tiny(), config, 3)
+    again = compile_model(_tiny(), config, 3)
     assert resume.restore_optimizer(again, resume.load())
     for a, b in zip(net.optimizer.variables, again.optimizer.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -374,16 +381,19 @@ def test_reinit_mobilenet_imagenet_low_blocks_differ_from_pretrained(keras_home)
 
 
 def test_feature_export_with_jitter(tmp_path):
-    from mame_transfer import backbones, data, features
+    from mame_transfer.datasets.pipeline import make_pipeline
+    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.models import backbones
+    from mame_transfer.store.export import embedding_model, export
 
     root = _folder_set(tmp_path / "set", n=2)
-    dataset = data.load_dataset(root)
+    dataset = load_dataset(root)
     kw = dict(arch="test_tiny", weights=None, image_size=16, splits=["val"], verbose=0)
-    plain = features.export(tmp_path / "plain", dataset, seed=5, **kw)
-    jit = features.export(tmp_path / "jit", dataset, jitter=True, seed=5, **kw)
+    plain = export(tmp_path / "plain", dataset, seed=5, **kw)
+    jit = export(tmp_path / "jit", dataset, jitter=True, seed=5, **kw)
     assert jit.manifest["jitter"] is True and plain.manifest["jitter"] is False
-    feat, _ = features.embedding_model(arch="test_tiny", weights=None, image_size=16, seed=5)  # same random weights
-    batch = next(iter(data.make_pipeline(dataset.split("val"), image_size=16, batch_size=64, with_labels=False,
+    feat, _ = embedding_model(arch="test_tiny", weights=None, image_size=16, seed=5)  # same random weights
+    batch = next(iter(make_pipeline(dataset.split("val"), image_size=16, batch_size=64, with_labels=False,
                                          preprocess=backbones.get("test_tiny").preprocess)))
     np.testing.assert_allclose(jit.embeddings("val"), tta.jitter_average(feat, batch), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(plain.embeddings("val"), np.asarray(feat(batch)), rtol=1e-4, atol=1e-6)

@@ -7,7 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mame_transfer import data, demo, prepare
+from mame_transfer import prepare as prepare_cmd
+from mame_transfer.core.errors import DataError
+from mame_transfer.datasets import demo
+from mame_transfer.datasets.prepare import prepare, resize_file, target_size
+from mame_transfer.datasets.tables import TOY_CSV, load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +21,13 @@ def small_mame(tmp_path_factory):
 
 def test_square_copy_is_a_valid_mame_layout_with_the_same_rows(small_mame, tmp_path, capsys):
     out = tmp_path / "p64"
-    assert prepare.main(["--data", str(small_mame), "--out", str(out), "--size", "64", "--workers", "2",
+    assert prepare_cmd.main(["--data", str(small_mame), "--out", str(out), "--size", "64", "--workers", "2",
                          "--quiet"]) == 0
-    src = data.load_dataset(small_mame)
-    dst = data.load_dataset(out)  # checks every output file
+    src = load_dataset(small_mame)
+    dst = load_dataset(out)  # checks every output file
     assert dst.image_root.name == "data"
     pd.testing.assert_frame_equal(src.table.drop(columns="path"), dst.table.drop(columns="path"))
-    assert (out / "MAMe_metadata" / data.TOY_CSV).read_bytes() == (small_mame / "MAMe_metadata" / data.TOY_CSV).read_bytes()
+    assert (out / "MAMe_metadata" / TOY_CSV).read_bytes() == (small_mame / "MAMe_metadata" / TOY_CSV).read_bytes()
     for path in dst.table["path"]:
         with Image.open(path) as im:
             assert im.size == (64, 64)
@@ -32,16 +36,16 @@ def test_square_copy_is_a_valid_mame_layout_with_the_same_rows(small_mame, tmp_p
 
 def test_keep_aspect_sets_the_shorter_side_and_rerun_resumes(small_mame, tmp_path):
     out = tmp_path / "p256"
-    first = prepare.prepare(small_mame, out, 256, keep_aspect=True, workers=1, progress=False)
+    first = prepare(small_mame, out, 256, keep_aspect=True, workers=1, progress=False)
     assert first["written"] == 24 and first["skipped"] == 0
-    table = data.load_dataset(out).table
+    table = load_dataset(out).table
     assert (out / "data_256").is_dir()
     for path, w, h in zip(table["path"], table["width"], table["height"]):
         with Image.open(path) as im:
-            assert min(im.size) == 256 and im.size == prepare.target_size(int(w), int(h), 256, True)
+            assert min(im.size) == 256 and im.size == target_size(int(w), int(h), 256, True)
     victim = out / "data_256" / table["image"][3]
     victim.unlink()
-    again = prepare.prepare(small_mame, out, 256, keep_aspect=True, workers=1, progress=False)
+    again = prepare(small_mame, out, 256, keep_aspect=True, workers=1, progress=False)
     assert again["written"] == 1 and again["skipped"] == 23 and victim.is_file()
     assert not list((out / "data_256").glob(".*.tmp"))
 
@@ -51,8 +55,8 @@ def test_dct_domain_draft_matches_full_decode_on_a_large_jpeg(tmp_path):
     pixels = np.stack([(xx / 10) % 255, (yy / 7) % 255, ((xx + yy) / 13) % 255], -1).astype(np.uint8)
     src = tmp_path / "big.jpg"
     Image.fromarray(pixels).save(src, quality=90)
-    prepare.resize_file(str(src), str(tmp_path / "draft.jpg"), 128, draft=True)
-    prepare.resize_file(str(src), str(tmp_path / "full.jpg"), 128, draft=False)
+    resize_file(str(src), str(tmp_path / "draft.jpg"), 128, draft=True)
+    resize_file(str(src), str(tmp_path / "full.jpg"), 128, draft=False)
     with Image.open(src) as im:
         im.draft("RGB", (128, 128))
         assert im.size == (300, 200)  # decoded at 1/8 scale, still >= the target
@@ -67,15 +71,15 @@ def test_bad_image_is_named_and_others_are_written(small_mame, tmp_path, capsys)
 
     src = tmp_path / "src"
     shutil.copytree(small_mame, src)
-    table = data.load_dataset(src).table
+    table = load_dataset(src).table
     (src / "data_256" / table["image"][0]).write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    assert prepare.main(["--data", str(src), "--out", str(out), "--size", "32", "--workers", "1", "--quiet"]) == 1
+    assert prepare_cmd.main(["--data", str(src), "--out", str(out), "--size", "32", "--workers", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert table["image"][0] in err and "1 of 24" in err
     assert len(list((out / "data").iterdir())) == 23
 
 
 def test_class_per_folder_source_is_refused(louvre, tmp_path):
-    with pytest.raises(data.DataError, match="mame_transfer.data import"):
-        prepare.prepare(louvre, tmp_path / "x", 64, progress=False)
+    with pytest.raises(DataError, match="mame_transfer.data import"):
+        prepare(louvre, tmp_path / "x", 64, progress=False)

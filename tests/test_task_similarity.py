@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from mame_transfer import features, task_similarity
-from mame_transfer.errors import DataError, WeightsError
+from mame_transfer import task_similarity
+from mame_transfer.classifiers.similarity import (
+    arrow_lines,
+    imagenet_class_names,
+    top_imagenet_labels,
+)
+from mame_transfer.core.errors import DataError, WeightsError
+from mame_transfer.store.store import write_store
 
 NAMES = [f"n{i}" for i in range(1000)]
 
@@ -19,25 +23,25 @@ def test_top_labels_literal():
     probs[[0, 1, 2], 7] = [0.8, 0.6, 0.1]  # Ceramic: "n7" ranked first twice
     probs[2, 9] = 0.9
     probs[3, 3] = 1.0
-    t = task_similarity.top_imagenet_labels(probs, ["Ceramic"] * 3 + ["Etching"], ["Ceramic", "Etching"], NAMES)
+    t = top_imagenet_labels(probs, ["Ceramic"] * 3 + ["Etching"], ["Ceramic", "Etching"], NAMES)
     first = t[(t["class"] == "Ceramic") & (t["rank"] == 1)].iloc[0]
     assert first.imagenet_label == "n7" and first.share == pytest.approx(2 / 3) and first.mean_prob == pytest.approx(0.5)
     assert list(t[t["class"] == "Ceramic"].imagenet_label) == ["n7", "n9"]
-    assert task_similarity.arrow_lines(t)[0] == "Ceramic -> n7 0.50 (67%)"
+    assert arrow_lines(t)[0] == "Ceramic -> n7 0.50 (67%)"
     with pytest.raises(DataError, match=r"expected \(n, 1000\)"):
-        task_similarity.top_imagenet_labels(probs[:, :10], ["a"] * 4, ["a"], NAMES)
+        top_imagenet_labels(probs[:, :10], ["a"] * 4, ["a"], NAMES)
 
 
 def test_class_names_from_keras_home(keras_home):
-    names = task_similarity.imagenet_class_names()
+    names = imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench"
 
 
 def test_class_names_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("mame_transfer.backbones._keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr("mame_transfer.models.backbones.keras_models_dirs", lambda: [tmp_path / "models"])
     with pytest.raises(WeightsError, match="imagenet_class_index.json was not found in .*models"):
-        task_similarity.imagenet_class_names()
+        imagenet_class_names()
 
 
 def test_analyse_store(tmp_path, keras_home):
@@ -56,12 +60,12 @@ def test_analyse_store(tmp_path, keras_home):
                              "label_index": y, "museum": "m", "width": 1, "height": 1, "product_size": 1,
                              "aspect_ratio": 1.0})
         splits[split], extra[split] = (emb, meta), {"imagenet_probs": probs}
-    features.write_store(tmp_path / "s", manifest={"arch": "synthetic", "layer": "x", "classes": classes},
+    write_store(tmp_path / "s", manifest={"arch": "synthetic", "layer": "x", "classes": classes},
                          splits=splits, extra_sets=extra)
     assert task_similarity.main([str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 0
     labels = pd.read_csv(tmp_path / "o" / "imagenet_labels.csv")
     first = labels[labels["rank"] == 1].set_index("class").imagenet_label.to_dict()
-    names = task_similarity.imagenet_class_names()
+    names = imagenet_class_names()
     for k, cls in enumerate(classes):
         assert first[cls] in names[100 * k:100 * k + 20]
     scores = pd.read_csv(tmp_path / "o" / "similarity.csv").set_index("features")
@@ -71,7 +75,7 @@ def test_analyse_store(tmp_path, keras_home):
 
 def test_store_without_probs(tmp_path, keras_home, capsys):
     meta = pd.DataFrame({"image": ["a", "b"], "label": ["x", "y"], "label_index": [0, 1]})
-    features.write_store(tmp_path / "s", manifest={"arch": "synthetic", "classes": ["x", "y"]},
+    write_store(tmp_path / "s", manifest={"arch": "synthetic", "classes": ["x", "y"]},
                          splits={"train": (np.zeros((2, 3)), meta)})
     assert task_similarity.main([str(tmp_path / "s")]) == 2
     assert "no 'imagenet_probs' feature set; re-export" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import subprocess
@@ -16,10 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from mame_transfer import config as cfg
 from mame_transfer import tune
-from mame_transfer.config import TrainConfig
-from mame_transfer.errors import ConfigError
+from mame_transfer.core import config as cfg
+from mame_transfer.core.config import TrainConfig
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.tuning.hypermodel import SearchData
+from mame_transfer.tuning.search import run_search
+from mame_transfer.tuning.space import declare, load_spec, spec_from_dict, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -68,29 +70,29 @@ def tiny_data(tmp_path_factory) -> Path:
 def test_space_defaults_are_the_untuned_finetune_defaults(name):
     import keras_tuner as kt
 
-    spec = tune.load_spec(REPO / "tuner_configs" / f"{name}.yaml")
+    spec = load_spec(REPO / "tuner_configs" / f"{name}.yaml")
     assert spec.base["arch"] == name
     hp = kt.HyperParameters()
-    values = tune.declare(hp, spec)  # a fresh hp returns each default
+    values = declare(hp, spec)  # a fresh hp returns each default
     defaults = TrainConfig()
     for key in ("lr", "l2", "dropout", "head", "optimizer", "batch_size"):
         if key in values:
             assert values[key] == getattr(defaults, key), key
     assert {"lr", "l2", "dropout"} <= set(values)
     if "freeze_until" in values:
-        from mame_transfer import backbones
+        from mame_transfer.models import backbones
 
         assert values["freeze_until"] == backbones.get(name).default_freeze
     # Every trial config is a valid TrainConfig.
-    tune.trial_config(spec, values, data="x").validate()
+    trial_config(spec, values, data="x").validate()
 
 
 def test_vgg16_space_covers_the_hand_tuned_values():
     import keras_tuner as kt
 
-    spec = tune.load_spec(REPO / "tuner_configs" / "vgg16.yaml")
+    spec = load_spec(REPO / "tuner_configs" / "vgg16.yaml")
     hp = kt.HyperParameters()
-    tune.declare(hp, spec)
+    declare(hp, spec)
     lr, l2, dropout = hp._hps["lr"][0], hp._hps["l2"][0], hp._hps["dropout"][0]
     assert lr.sampling == "log" and lr.min_value <= 2.5e-6 and lr.max_value >= 1e-4
     for value in (1e-4, 5e-5, 3e-6, 2.5e-6):
@@ -105,16 +107,16 @@ def test_spec_errors_name_the_problem(tmp_path):
     bad.write_text("base: {arch: vgg16, lr: 0.1}\nspace: {lr: {min: 1e-6, max: 1e-3}, l2: {min: 0, max: 1}, "
                    "dropout: {min: 0, max: 0.6}}\n")
     with pytest.raises(ConfigError, match="lr is both fixed in base and searched"):
-        tune.load_spec(bad)
+        load_spec(bad)
     bad.write_text("space: {lr: {min: 1e-6, max: 1e-3}}\n")
     with pytest.raises(ConfigError, match="missing l2, dropout"):
-        tune.load_spec(bad)
+        load_spec(bad)
     bad.write_text("space: {lr: {min: 1e-3, max: 1e-2, sampling: log}, l2: {min: 0, max: 1}, "
                    "dropout: {min: 0, max: 0.6}}\n")
     import keras_tuner as kt
 
     with pytest.raises(ConfigError, match="must contain the untuned default 0.0001"):
-        tune.declare(kt.HyperParameters(), tune.load_spec(bad))
+        declare(kt.HyperParameters(), load_spec(bad))
 
 
 # --------------------------------------------------------------------------------------------- in-process search
@@ -129,7 +131,7 @@ def test_search_without_tensorboard_resume_and_best_yaml(tiny_data, tmp_path, mo
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 2 and (table["status"] == "COMPLETED").all()
     assert table["score"].notna().all() and table["val_macro_f1"].between(0, 1).all()
-    assert set(table["path"]) == {"full-network"} and (table["epochs"] == 1).all()
+    assert set(table["route"]) == {"full-network"} and (table["epochs"] == 1).all()
     assert {"lr", "l2", "dropout", "head", "seconds", "worker"} <= set(table.columns)
     # Disk bounded: only the best trial keeps its checkpoint.
     checkpoints = sorted((out / "kt").glob("trial_*/checkpoint*"))
@@ -156,7 +158,7 @@ def test_failing_trials_abort_with_a_clear_message(tiny_data, tmp_path, monkeypa
     def boom(self, conf):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(tune.SearchData, "pipelines", boom)
+    monkeypatch.setattr(SearchData, "pipelines", boom)
     spec_file = _spec_yaml(tmp_path / "s.yaml", max_trials=5)
     code = tune.main(["--config", str(spec_file), "--data", str(tiny_data), "--out", str(tmp_path / "o"),
                       "--verbose", "0"])
@@ -168,14 +170,17 @@ def test_failing_trials_abort_with_a_clear_message(tiny_data, tmp_path, monkeypa
 
 
 def test_cached_features_hyperband(tiny_data, tmp_path):
-    spec = tune.spec_from_dict(yaml.safe_load(_spec_yaml(tmp_path / "s.yaml", algorithm="hyperband").read_text()))
+    spec = spec_from_dict(yaml.safe_load(_spec_yaml(tmp_path / "s.yaml", algorithm="hyperband").read_text()))
     spec.base.update(freeze_until="all", epochs=2)
     spec.tuner.factor = 2
-    summary = tune.run_search(spec, tmp_path / "hb", verbose=0, data=str(tiny_data))
+    summary = run_search(spec, tmp_path / "hb", verbose=0, data=str(tiny_data))
     table = pd.read_csv(tmp_path / "hb" / "trials.csv")
-    assert summary["path"] == "cached-features" and set(table["path"]) == {"cached-features"}
+    assert summary["route"] == "cached-features" and set(table["route"]) == {"cached-features"}
     assert (table["status"] == "COMPLETED").all() and "tuner/epochs" in table.columns
-    assert (tmp_path / "hb" / "features" / "features.npz").is_file()
+    # the backbone's outputs were computed once by the prefix cache (cut after global_pool), kept for --resume
+    folder = tmp_path / "hb" / "prefix_cache"
+    (train,), (val,) = folder.glob("global_pool-*-train.npy"), folder.glob("global_pool-*-val.npy")
+    assert np.load(train, mmap_mode="r").shape[0] == 12 and np.load(val, mmap_mode="r").shape[0] == 8
     best = cfg.load_yaml(tmp_path / "hb" / "best.yaml")
     assert best["augment"] is False and best["freeze_until"] == "all"
 

@@ -4,6 +4,6 @@ Each module holds the computation and Figure-returning plot functions; ``python 
 is the command line over them.
 """
 
-from .sources import ModelSource, load_source
+from mame_transfer.analysis.sources import ModelSource, load_source
 
 __all__ = ["ModelSource", "load_source"]

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 
 def _center(x: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ class MinibatchCKA:
 def compare_models(source_a, source_b, layers_a: Sequence[str], layers_b: Sequence[str],
                    batches: Iterable[np.ndarray], *, pairs: str = "matching") -> MinibatchCKA:
     """Stream image batches (0..255) through both models and accumulate minibatch CKA."""
-    from .sources import pooled_features
+    from mame_transfer.analysis.sources import pooled_features
 
     acc = MinibatchCKA(len(layers_a), len(layers_b), pairs)
     cache_a, cache_b = {}, {}

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 # Lucid's colour_correlation_svd_sqrt (ImageNet RGB), normalised by its largest column norm as in Lucid.
 _COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)
@@ -60,7 +60,7 @@ def channel_objective_model(model, layer: str):
     """
     import keras
 
-    from ..model import layer_output
+    from mame_transfer.models.build import layer_output
 
     out = layer_output(model, layer, spatial=True, purpose="feature visualisation")
     target = model.get_layer(layer)

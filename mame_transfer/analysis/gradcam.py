@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 
 def gradcam(model, images: np.ndarray, *, layer: str | None = None, targets: Sequence[int] | str = "predicted",
@@ -33,10 +33,10 @@ def gradcam(model, images: np.ndarray, *, layer: str | None = None, targets: Seq
     import keras
     import tensorflow as tf
 
-    from .sources import last_spatial_layer
+    from mame_transfer.analysis.sources import last_spatial_layer
 
     layer = layer or last_spatial_layer(model)
-    from ..model import layer_output
+    from mame_transfer.models.build import layer_output
 
     feature = layer_output(model, layer, spatial=True, purpose="Grad-CAM")
     names = [lay.name for lay in model.layers]

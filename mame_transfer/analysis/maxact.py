@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 
 class RunningTopK:
@@ -53,7 +53,7 @@ class RunningTopK:
 def collect_topk(source, layers: Sequence[str], batches: Iterable[np.ndarray], k: int,
                  reduce: str = "mean") -> dict[str, RunningTopK]:
     """Stream batches (0..255 images) through ``source`` and keep the top-k rows per channel of each layer."""
-    from .sources import pooled_features
+    from mame_transfer.analysis.sources import pooled_features
 
     tops: dict[str, RunningTopK] = {}
     cache: dict = {}

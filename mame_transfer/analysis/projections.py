@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 METHODS = ("pca", "tsne", "umap")
 
@@ -103,7 +103,7 @@ def project(embeddings: dict, meta: dict, *, method: str, dims: int, fit_split: 
 
 
 def _sample(labels, per_class, seed):
-    from .sources import stratified_sample
+    from mame_transfer.analysis.sources import stratified_sample
 
     return stratified_sample(labels, per_class, seed=seed)
 

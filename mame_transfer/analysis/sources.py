@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 SPEC_HELP = "expected 'imagenet:ARCH[:ALPHA]', 'random:ARCH[:ALPHA]' or a finished run directory"
 
@@ -54,12 +54,13 @@ def load_source(spec: str, *, image_size: int | None = None, seed: int = 0) -> M
         image_size: input side for bare backbones (default: the registry's); ignored for runs.
         seed: seed of the random initialisation.
     """
-    from .. import backbones, evaluate
+    from mame_transfer.models import backbones
+    from mame_transfer.training.runs import load_run
 
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        model, config, classes = evaluate.load_run(path)
+        model, config, classes = load_run(path)
         size = int(config.image_size or model.input_shape[1])
         return ModelSource(path.name, model, config.arch, float(config.alpha), size,
                            backbones.get(config.arch).preprocess, classes, path, config)
@@ -90,11 +91,11 @@ def load_table(*, data: str | None = None, source: ModelSource | None = None, sp
     Returns:
         The split table (``image``, ``path``, ``label``, ``label_index``...) and the class names.
     """
-    from .. import data as data_mod
-    from ..finetune import dataset_for
+    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.training.runs import dataset_for
 
     if data:
-        dataset = data_mod.load_dataset(data, toy=toy, require=(split,), check_files=False)
+        dataset = load_dataset(data, toy=toy, require=(split,), check_files=False)
     elif source is not None and source.config is not None:
         config = source.config
         config.check_images = False
@@ -119,9 +120,9 @@ def stratified_sample(labels: Sequence, per_class: int | None, *, seed: int = 0)
 
 def image_batches(table: pd.DataFrame, image_size: int, *, batch_size: int = 32) -> Iterator[np.ndarray]:
     """Decoded, resized, un-preprocessed float32 batches (0..255) of the table's images, in row order."""
-    from .. import data as data_mod
+    from mame_transfer.datasets.pipeline import make_pipeline
 
-    pipeline = data_mod.make_pipeline(table, image_size=image_size, preprocess=None, batch_size=batch_size,
+    pipeline = make_pipeline(table, image_size=image_size, preprocess=None, batch_size=batch_size,
                                       training=False, augment=False, with_labels=False)
     for batch in pipeline:
         yield np.asarray(batch)
@@ -129,13 +130,13 @@ def image_batches(table: pd.DataFrame, image_size: int, *, batch_size: int = 32)
 
 def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:
     """Decode and resize image files to ``[n, size, size, 3]`` float32 in 0..255."""
-    from .. import data as data_mod
+    from mame_transfer.datasets.pipeline import decode_and_resize
 
     out = []
     for p in paths:
         if not Path(p).is_file():
             raise ConfigError(f"image file {p!r} does not exist")
-        out.append(np.asarray(data_mod.decode_and_resize(str(p), image_size)))
+        out.append(np.asarray(decode_and_resize(str(p), image_size)))
     return np.stack(out) if out else np.zeros((0, image_size, image_size, 3), np.float32)
 
 

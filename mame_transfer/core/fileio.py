@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+# Suffix of a folder being written (a training run, a feature store): renamed away only when complete.
+PARTIAL = ".partial"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from . import backbones
-from .errors import ConfigError
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.models import backbones
 
 HEAD_PREFIXES = ("global_pool", "head_", "predictions")
 OQUAB_WIDTHS = (2048,)
@@ -130,7 +130,7 @@ def build_model(
 
 def layer_output(model, name: str, *, spatial: bool = False, purpose: str = "this analysis"):
     """The output tensor of layer ``name``; errors name the layer (and the expected rank when ``spatial``)."""
-    from .errors import ConfigError
+    from mame_transfer.core.errors import ConfigError
 
     try:
         out = model.get_layer(name).output
@@ -159,15 +159,12 @@ def frozen_boundary(model, arch: str, freeze_until: str | None) -> int:
     layers (input, padding) in between and the residual branches of earlier blocks.
     """
     spec = backbones.get(arch)
-    key = "none" if freeze_until is None else str(freeze_until).lower()
-    if key == "auto":
-        freeze_until = key = spec.default_freeze
+    freeze_until = spec.resolve_freeze(freeze_until)
     layers = model.layers
-    if key == "none":
+    if freeze_until == "none":
         return -1
-    if key in ("all", "backbone"):
+    if freeze_until == "all":
         return max(i for i, layer in enumerate(layers) if not is_head_layer(layer.name))
-    spec.check_block(freeze_until)
     idx = [i for i, layer in enumerate(layers) if spec.block_of(layer.name) == freeze_until]
     if not idx:
         raise ConfigError(f"block {freeze_until!r} has no layer in model {model.name!r}")

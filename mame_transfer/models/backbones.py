@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlparse
 
-from .errors import ConfigError, WeightsError
+from mame_transfer.core.errors import ConfigError, WeightsError
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -92,6 +92,16 @@ class BackboneSpec:
             )
         return name
 
+    def resolve_freeze(self, freeze_until: str | None) -> str:
+        """The one place ``--freeze-until`` is resolved: ``auto`` -> the registry default, None -> ``none``;
+        ``none`` / ``all`` / a valid block name are returned as given (lower-cased keywords)."""
+        key = "none" if freeze_until is None else str(freeze_until)
+        if key.lower() == "auto":
+            return self.default_freeze
+        if key.lower() in ("none", "all"):
+            return key.lower()
+        return self.check_block(key)
+
     def build(
         self,
         *,
@@ -115,7 +125,7 @@ class BackboneSpec:
             raise
 
 
-def _keras_models_dirs() -> list[Path]:
+def keras_models_dirs() -> list[Path]:
     """Folders where Keras looks for cached weights, in Keras's order of preference."""
     dirs = []
     if os.environ.get("KERAS_HOME"):
@@ -146,20 +156,20 @@ def cached_weights(spec: BackboneSpec, *, include_top: bool = False, alpha: floa
         sizes.append(spec.default_size)
     for s in sizes:
         fname, _ = spec.weights_files(include_top, alpha, s)
-        for d in _keras_models_dirs():
+        for d in keras_models_dirs():
             if (d / fname).is_file():
                 return d / fname
     return None
 
 
 def _offline_message(fname: str, url: str, reason: str) -> str:
-    target = _keras_models_dirs()[0]
+    target = keras_models_dirs()[0]
     return (
         f"ImageNet weights file {fname!r} is not in the Keras cache and could not be downloaded ({reason}).\n"
         f"Fix it one of two ways:\n"
         f"  1. connect to the internet and rerun (Keras downloads {url} into {target}/), or\n"
         f"  2. copy {fname} into a folder <dir>/models/ and set KERAS_HOME=<dir> "
-        f"(currently looking in: {', '.join(str(d) for d in _keras_models_dirs())}).\n"
+        f"(currently looking in: {', '.join(str(d) for d in keras_models_dirs())}).\n"
         f"Or train from scratch with --weights none."
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 
 def _f(default, help: str, choices: tuple | None = None, **kw):
@@ -59,15 +59,17 @@ class TrainConfig:
     class_weight: str = _f("none", "loss weighting of classes", ("none", "balanced"))
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
     augment: bool = _f(True, "random flip and small rotation on training images")
-    cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch")
+    image_cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch (tf.data cache)",
+                           alias="cache")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
     strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
                        ("default", "mirrored"))
-    # --- speed (see mame_transfer.cache)
+    # --- speed (see mame_transfer.training.prefix_cache)
     prefix_cache: str = _f("auto", "compute the frozen layers once per image and train the rest on the cached "
                            "tensors: auto (memory if it fits, else disk), off, memory, disk",
                            ("auto", "off", "memory", "disk"))
-    cache_dtype: str = _f("float32", "dtype of the prefix cache (float16 halves its size)", ("float32", "float16"))
+    prefix_cache_dtype: str = _f("float32", "dtype of the prefix cache (float16 halves its size)",
+                                 ("float32", "float16"), alias="cache_dtype")
     augment_copies: int = _f(0, "with --augment and the prefix cache: augmented views cached per image "
                              "(0 = train the full network when augmenting)")
     mixed_precision: str = _f("none", "Keras dtype policy (GPU: mixed_float16; TPU/recent CPU: mixed_bfloat16); "
@@ -159,8 +161,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def aliases(cls=TrainConfig) -> dict[str, str]:
+    """Former names of renamed options (still read from YAML and accepted as flags) -> current names."""
+    return {f.metadata["alias"]: f.name for f in fields(cls) if f.metadata.get("alias")}
+
+
 def from_dict(cls, values: dict[str, Any], *, source: str = "config"):
-    """Build a config dataclass from a mapping; unknown keys are an error that lists the valid ones."""
+    """Build a config dataclass from a mapping; unknown keys are an error that lists the valid ones.
+
+    Keys under a former name (:func:`aliases`), e.g. in the ``config.yaml`` of an older run, are read as the
+    current one.
+    """
+    renamed = aliases(cls)
+    values = {renamed.get(k, k): v for k, v in values.items()}
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
@@ -176,6 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, *, skip: tup
             continue
         kind = _field_type(f, cls)
         flag = "--" + f.name.replace("_", "-")
+        flags = [flag] + (["--" + f.metadata["alias"].replace("_", "-")] if f.metadata.get("alias") else [])
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -186,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, *, skip: tup
                 kw["choices"] = f.metadata["choices"]
             default = f.default if f.default is not dataclasses.MISSING else None
             kw["help"] += f" (default: {default})"
-        parser.add_argument(flag, **kw)
+        parser.add_argument(*flags, **kw)
 
 
 def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None):
@@ -212,6 +226,8 @@ def options_markdown(cls=TrainConfig) -> str:
         text = f.metadata.get("help", "").replace("|", "\\|")
         if choices:
             text += f" ({' / '.join(choices)})"
+        if f.metadata.get("alias"):
+            text += f"; former name `--{f.metadata['alias'].replace('_', '-')}` still accepted"
         rows.append(f"| `--{f.name.replace('_', '-')}` / `{f.name}` | `{f.default}` | {text} |")
     return "\n".join(rows) + "\n"
 
@@ -228,7 +244,7 @@ def update_readme(path: str | Path, cls=TrainConfig) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m mame_transfer.config [README.md]: print or refresh the options table
+if __name__ == "__main__":  # python -m mame_transfer.core.config [README.md]: print or refresh the options table
     import sys
 
     if len(sys.argv) > 1:

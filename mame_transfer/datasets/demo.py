@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mame_transfer.data import COLUMNS, DATASET_CSV, LABELS_CSV, TOY_CSV
-from mame_transfer.fileio import atomic_path
+from mame_transfer.core.fileio import atomic_path
+from mame_transfer.datasets.tables import COLUMNS, DATASET_CSV, LABELS_CSV, TOY_CSV
 
 VERSION = 1
 MARKER = ".complete.json"

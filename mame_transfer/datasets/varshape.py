@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
+from mame_transfer.core.errors import ConfigError, DataError
 
 MULTIPLE = 32
 ASPECT_BINS = (0.25, 0.5, 0.8, 1.25, 2.0, 4.0)  # bin edges of width / height

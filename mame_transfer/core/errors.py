@@ -2,6 +2,7 @@
 
 Every error message names the file, row or value that is wrong and says what would be right.
 """
+from typing import Sequence
 
 
 class MameTransferError(Exception):
@@ -18,3 +19,13 @@ class ConfigError(MameTransferError, ValueError):
 
 class WeightsError(MameTransferError, RuntimeError):
     """Pretrained weights cannot be found or loaded."""
+
+
+LIST_LIMIT = 10  # how many offending rows/files an error message lists before summarising
+
+
+def shorten_list(items: Sequence, limit: int = LIST_LIMIT) -> str:
+    """First ``limit`` items, then how many more."""
+    items = [str(i) for i in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more ({len(items)} in total)" if len(items) > limit else "")

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from mame_transfer.core.errors import ConfigError
 
 MODES = ("none", "flip", "patches")
 DEFAULT_SCALES = (1.0, 0.7, 0.5)

@@ -9,11 +9,11 @@ float16) and :func:`cached_pipeline` feeds them to ``fit``.
 
 With augmentation on, ``augment_copies=K`` stores K augmented views per image and every epoch picks one of them
 at random per image; ``augment_copies=0`` makes :func:`plan_phase` fall back to the full network. The reason for
-the path taken is returned (and logged by ``finetune``).
+the route taken is returned (and logged by ``finetune``).
 
 Semantics: the cached prefix always runs in inference mode. For backbones whose frozen blocks hold stochastic
-layers (EfficientNet's per-block ``Dropout`` "drop connect"), the full-network path applies them during training
-and the cached path does not; :attr:`Cut.stochastic_prefix_layers` lists them so the run log says so.
+layers (EfficientNet's per-block ``Dropout`` "drop connect"), the full-network route applies them during training
+and the cached route does not; :attr:`Cut.stochastic_prefix_layers` lists them so the run log says so.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import write_json
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.fileio import write_json
+from mame_transfer.training.runs import PREFIX_CACHE_DIR
 
 log = logging.getLogger("mame_transfer")
 
@@ -264,9 +265,9 @@ def available_memory() -> int:
 
 @dataclass
 class Plan:
-    """What a training phase runs on: ``path`` is ``cached-memory``, ``cached-disk`` or ``full``, with the reason."""
+    """What a training phase runs on: ``route`` is ``cached-memory``, ``cached-disk`` or ``full``, with the reason."""
 
-    path: str
+    route: str
     reason: str
     cut: Cut | None = None
     copies: int = 1
@@ -370,11 +371,11 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
                 augment: bool, dtype: str = "float32", cache_dir: str | os.PathLike | None = None,
                 jit_compile: bool = False, steps_repeat: bool = False) -> CachedPhase:
     """Fill the caches a cached plan needs and return the suffix model with its pipelines."""
-    from . import data
+    from mame_transfer.datasets.pipeline import make_pipeline
 
     cut = plan.cut
     fn = prefix_function(cut, jit_compile=jit_compile)
-    disk = plan.path == "cached-disk"
+    disk = plan.route == "cached-disk"
     if disk and cache_dir is None:
         raise ConfigError("a disk prefix cache needs a folder (the run's .partial dir)")
     stamp = cut.fingerprint()
@@ -382,11 +383,11 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
     t0 = time.perf_counter()
 
     def images(table, aug):
-        return lambda k=0: data.make_pipeline(table, image_size=image_size, preprocess=preprocess,
+        return lambda k=0: make_pipeline(table, image_size=image_size, preprocess=preprocess,
                                               batch_size=batch_size, training=False, shuffle=False, augment=aug,
                                               seed=seed + 7919 * k, with_labels=False)
 
-    folder = Path(cache_dir) / "prefix_cache" if disk else None
+    folder = Path(cache_dir) / PREFIX_CACHE_DIR if disk else None
     train_key = dict(base, split="train", n=len(train_table), copies=plan.copies, augment=augment, seed=seed,
                      files=_table_hash(train_table))
     val_key = dict(base, split="val", n=len(val_table), files=_table_hash(val_table))
@@ -410,24 +411,25 @@ def _table_hash(table) -> str:
 
 
 def phase_inputs(net, config, freeze: str, train_table, val_table, work_dir, train_ds, val_ds, *, epochs: int):
-    """What ``finetune`` fits in one phase: ``(model, train pipeline, val pipeline, path description)``.
+    """What ``finetune`` fits in one phase: ``(model, train pipeline, val pipeline, route description)``.
 
     Returns the full network and the image pipelines unchanged when the cache does not apply; the description
-    says which path runs and why (it goes to the run log).
+    says which route runs and why (it goes to the run log).
     """
-    from . import backbones, model as model_mod
+    from mame_transfer.models import backbones
+    from mame_transfer.models import build as model_mod
 
-    if getattr(config, "shape", "fixed") != "fixed":
+    if config.shape != "fixed":
         return net, train_ds, val_ds, "full network (--shape variable: image sizes differ between batches)"
     boundary = model_mod.frozen_boundary(net, config.arch, freeze)
     plan = plan_phase(net, boundary, mode=config.prefix_cache, n_train=len(train_table), n_val=len(val_table),
                       augment=config.augment, augment_copies=config.augment_copies, epochs=epochs,
-                      dtype=config.cache_dtype, disk_dir=work_dir)
-    if plan.path == "full":
+                      dtype=config.prefix_cache_dtype, disk_dir=work_dir)
+    if plan.route == "full":
         return net, train_ds, val_ds, f"full network ({plan.reason})"
     phase = build_phase(plan, train_table=train_table, val_table=val_table, image_size=config.image_size,
                         preprocess=backbones.get(config.arch).preprocess, batch_size=config.batch_size,
-                        seed=config.seed, augment=config.augment, dtype=config.cache_dtype, cache_dir=work_dir,
+                        seed=config.seed, augment=config.augment, dtype=config.prefix_cache_dtype, cache_dir=work_dir,
                         jit_compile=config.jit_compile, steps_repeat=bool(config.steps_per_epoch))
-    return phase.model, phase.train_ds, phase.val_ds, (f"{plan.path} prefix cache ({plan.reason}; filled in "
+    return phase.model, phase.train_ds, phase.val_ds, (f"{plan.route} prefix cache ({plan.reason}; filled in "
                                                        f"{phase.fill_seconds:.1f} s)")

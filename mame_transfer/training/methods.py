@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import backbones
-from .errors import ConfigError
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.models import backbones
 
 log = logging.getLogger("mame_transfer")
 
@@ -81,7 +81,7 @@ def parse_block_lr(text: str, block_names: Sequence[str]) -> list[tuple[tuple[st
 
 def layer_learning_rates(model, arch: str, text: str) -> dict[str, float]:
     """Layer name -> learning rate for every layer with weights that a ``--block-lr`` group covers."""
-    from .model import is_head_layer
+    from mame_transfer.models.build import is_head_layer
 
     spec = backbones.get(arch)
     lr_of = {b: lr for blocks, lr in parse_block_lr(text, spec.block_names) for b in blocks}
@@ -202,8 +202,8 @@ def init_from_run(model, run_dir: str | Path, *, arch: str, alpha: float = 1.0) 
         ConfigError: the run is not finished, was trained with another architecture / width, or a layer's
             weights do not fit.
     """
-    from .evaluate import load_run
-    from .model import is_head_layer
+    from mame_transfer.models.build import is_head_layer
+    from mame_transfer.training.runs import load_run
 
     run_dir = Path(run_dir)
     source, src_config, classes = load_run(run_dir)
@@ -233,7 +233,7 @@ def init_from_run(model, run_dir: str | Path, *, arch: str, alpha: float = 1.0) 
 
 
 def check_config(config) -> None:
-    """Cross-field checks of the method options on a resolved :class:`~mame_transfer.config.TrainConfig`."""
+    """Cross-field checks of the method options on a resolved :class:`~mame_transfer.core.config.TrainConfig`."""
     spec = backbones.get(config.arch)
     if getattr(config, "block_lr", None):
         parse_block_lr(config.block_lr, spec.block_names)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save a figure atomically (PNG, SVG or PDF by extension)."""
-    from .fileio import atomic_path
+    from mame_transfer.core.fileio import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -1,0 +1,113 @@
+"""TODO docstring (data -> datasets.images)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mame_transfer.core.errors import shorten_list
+
+_TAIL_BYTES = 32  # JPEG EOI / PNG IEND must lie within the last bytes (a little padding is tolerated)
+
+
+
+_DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # what tf.io.decode_image reads (MPO is a camera JPEG)
+
+
+
+def check_images(paths: Sequence[str | os.PathLike], *, workers: int = 8) -> list[tuple[str, str]]:
+    """Find unreadable image files without decoding them.
+
+    Each file's header is read with PIL (format and size only), JPEGs must end with the EOI marker ``FF D9`` and
+    PNGs with an ``IEND`` chunk (a few bytes of trailing padding are tolerated), which catches truncated copies.
+
+    Returns:
+        ``(path, reason)`` for every bad file, in input order.
+    """
+    paths = [str(p) for p in paths]
+    return [(p, reason) for p, (_, reason) in zip(paths, _probe_all(paths, workers=workers)) if reason]
+
+
+
+def _probe_all(paths: Sequence[str], workers: int = 8) -> list[tuple[tuple[int, int] | None, str | None]]:
+    if len(paths) < 16:
+        return [_probe(p) for p in paths]
+    # Header reads are I/O bound and PIL releases the GIL while reading, so threads help.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(_probe, paths, chunksize=64))
+
+
+
+def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) and ``None``, or ``None``/size and the reason the file is bad."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        nbytes = os.path.getsize(path)
+    except FileNotFoundError:
+        return None, "file not found"
+    except OSError as exc:
+        return None, f"cannot read file ({exc.strerror})"
+    if nbytes == 0:
+        return None, "empty file (0 bytes)"
+    try:
+        with Image.open(path) as im:
+            fmt, size = im.format, im.size
+    except UnidentifiedImageError:
+        return None, "not an image (unknown format)"
+    except Exception as exc:  # PIL raises many types on damaged headers
+        if "truncated" in str(exc).lower():
+            return None, "truncated image header"
+        return None, f"unreadable image header ({type(exc).__name__}: {exc})"
+    if fmt not in _DECODABLE:
+        return size, f"unsupported image format {fmt} (expected JPEG or PNG)"
+    if size[0] <= 0 or size[1] <= 0:
+        return size, f"image has no pixels ({size[0]}x{size[1]})"
+    if fmt in ("JPEG", "MPO", "PNG"):
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(nbytes - _TAIL_BYTES, 0))
+                tail = fh.read()
+        except OSError as exc:
+            return size, f"cannot read file ({exc.strerror})"
+        if fmt == "PNG" and b"IEND" not in tail:
+            return size, "truncated PNG (no IEND chunk at the end)"
+        if fmt != "PNG" and b"\xff\xd9" not in tail:
+            return size, "truncated JPEG (no end-of-image marker FF D9)"
+    return size, None
+
+
+
+def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return int(image_size), int(image_size)
+    height, width = (int(v) for v in image_size)
+    return height, width
+
+
+
+def _looks_complete(data):
+    """In-graph twin of :func:`_probe`: magic bytes plus, for JPEG/PNG, the end marker."""
+    import tensorflow as tf
+
+    n = tf.strings.length(data)
+    head = tf.strings.substr(data, 0, 8)
+    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(n - _TAIL_BYTES, 0), _TAIL_BYTES), tf.uint8)
+    tail = tf.cast(tail, tf.int32)
+    eoi = tf.reduce_any((tail[:-1] == 0xFF) & (tail[1:] == 0xD9))
+    iend = tf.reduce_any((tail[:-3] == 73) & (tail[1:-2] == 69) & (tail[2:-1] == 78) & (tail[3:] == 68))
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
+    is_other = tf.equal(tf.strings.substr(head, 0, 3), b"GIF") | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    return (is_jpeg & eoi) | (is_png & iend) | is_other
+
+
+
+def _bad_files_message(where: Path, bad: list[tuple[str, str]]) -> str:
+    items = [f"{os.path.relpath(p, where)} ({reason})" for p, reason in bad]
+    return f"{where}: {len(bad)} image file(s) unreadable or corrupt: {shorten_list(items)}."
+

@@ -1,0 +1,113 @@
+"""Scores of predicted probabilities against labels, and the per-split files a run or an evaluation writes.
+
+Per split ``S``: ``predictions_S.csv``, ``classification_report_S.txt`` and ``confusion_matrix_S.png``; with
+``final=True`` also the unsuffixed ``predictions.csv``, ``classification_report.txt`` and ``confusion_matrix.png``
+(those of the final split: test when the dataset has one, else val).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mame_transfer.core.errors import DataError
+from mame_transfer.core.fileio import write_text
+
+
+def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """Top-1, top-3, top-5, macro / weighted F1, balanced accuracy, per-class P/R/F/support, confusion matrix."""
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    y_true = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=float)
+    n_classes = len(classes)
+    if proba.ndim != 2 or proba.shape[1] != n_classes or len(proba) != len(y_true):
+        raise ValueError(f"probabilities of shape {proba.shape} do not match {len(y_true)} labels x {n_classes} classes")
+    y_pred = proba.argmax(axis=1)
+    order = np.argsort(-proba, axis=1)
+    labels = np.arange(n_classes)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out = {"n": int(len(y_true)), "top1": float((y_pred == y_true).mean()) if len(y_true) else 0.0}
+    for k in (3, 5):
+        kk = min(k, n_classes)
+        out[f"top{k}"] = float((order[:, :kk] == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
+    out["macro_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    out["weighted_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0))
+    out["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
+    out["per_class"] = {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    }
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+
+def predictions_frame(table: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], top: int = 5) -> pd.DataFrame:
+    """One row per image: file, true and predicted class, and the top-k classes with their probabilities."""
+    classes = np.asarray(classes)
+    order = np.argsort(-proba, axis=1)[:, : min(top, len(classes))]
+    df = pd.DataFrame({
+        "image": table["image"].to_numpy(),
+        "true": table["label"].to_numpy(),
+        "predicted": classes[order[:, 0]],
+    })
+    df["correct"] = df["true"] == df["predicted"]
+    df["probability"] = proba[np.arange(len(proba)), order[:, 0]]
+    for k in range(order.shape[1]):
+        df[f"top{k + 1}"] = classes[order[:, k]]
+        df[f"top{k + 1}_prob"] = np.round(proba[np.arange(len(proba)), order[:, k]], 6)
+    return df
+
+
+
+def classification_report_text(metrics: dict, split: str) -> str:
+    rows = [f"{'class':<28}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, m in metrics["per_class"].items():
+        rows.append(f"{name:<28}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
+    rows.append("")
+    rows.append(f"split {split}: n={metrics['n']}  top-1 {metrics['top1']:.4f}  top-3 {metrics['top3']:.4f}  "
+                f"top-5 {metrics['top5']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
+                f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    return "\n".join(rows) + "\n"
+
+
+
+def write_split_artifacts(run_dir: Path, split: str, table: pd.DataFrame, proba: np.ndarray,
+                          classes: Sequence[str], *, final: bool = False) -> dict:
+    """Compute metrics for one split and write its report, predictions and confusion matrix."""
+    from mame_transfer.core import plots
+
+    run_dir = Path(run_dir)
+    metrics = compute_metrics(table["label_index"].to_numpy(), proba, classes)
+    preds = predictions_frame(table, proba, classes)
+    report = classification_report_text(metrics, split)
+    fig = plots.confusion_matrix_figure(np.array(metrics["confusion_matrix"]), classes,
+                                        title=f"{split}: top-1 {metrics['top1']:.3f}, macro F1 {metrics['macro_f1']:.3f}")
+    names = [f"_{split}"] + ([""] if final else [])
+    for suffix in names:
+        write_text(run_dir / f"predictions{suffix}.csv", preds.to_csv(index=False))
+        write_text(run_dir / f"classification_report{suffix}.txt", report)
+        plots.save(fig, run_dir / f"confusion_matrix{suffix}.png")
+    return metrics
+
+
+
+def align_to_classes(table: pd.DataFrame, classes: Sequence[str], source: str) -> pd.DataFrame:
+    """Re-index labels of another dataset onto a run's classes; unknown labels are an error."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(table["label"]) - set(index))
+    if unknown:
+        raise DataError(f"{source}: labels {unknown} are not among the run's classes {list(classes)}")
+    table = table.copy()
+    table["label_index"] = table["label"].map(index).astype(int)
+    return table
+

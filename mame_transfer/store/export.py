@@ -1,0 +1,242 @@
+"""TODO docstring (features -> store.export)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.core.fileio import PARTIAL, write_json, write_text
+from mame_transfer.store.store import (
+    EMBEDDINGS,
+    FORMAT,
+    IMAGENET_PROBS,
+    MANIFEST,
+    PROGRESS,
+    FeatureStore,
+    _version,
+    input_hash,
+    load_store,
+    metadata_frame,
+)
+
+
+def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str | None = "imagenet",
+                    image_size: int | None = None, run: str | os.PathLike | None = None, layer: str | None = None,
+                    seed: int = 0):
+    """A model mapping preprocessed images to 2-d features, and what it is.
+
+    From a registry backbone (``arch``) or a finished run directory (``run``); ``layer`` defaults to the
+    backbone's last spatial layer (registry) or the run's embedding layer (last hidden head layer). Spatial
+    outputs are global-average pooled.
+
+    Random weights (``weights=None``) are drawn with ``seed``, so an export of an untrained backbone is
+    reproducible and a resumed export continues with the very same network.
+
+    Returns:
+        ``(keras.Model, info)`` where info holds arch, alpha, weights, run, layer, image_size, seed and the spec.
+    """
+    import keras
+
+    from mame_transfer.models import backbones
+    from mame_transfer.models import build as model_mod
+
+    if run is not None:
+        from mame_transfer.training.runs import load_run
+
+        net, config, classes = load_run(run)
+        spec = backbones.get(config.arch)
+        alpha, weights = config.alpha, config.weights
+        image_size = config.image_size or spec.default_size
+        layer = layer or model_mod.embedding_layer_name(net)
+    else:
+        if not arch:
+            raise ConfigError("pass --arch NAME (a registry backbone) or --model RUN_DIR")
+        spec = backbones.get(arch)
+        image_size = image_size or spec.default_size
+        if image_size < spec.min_size:
+            raise ConfigError(f"{spec.name} needs images of at least {spec.min_size} px. Received: image_size={image_size}")
+        keras.utils.set_random_seed(seed)
+        net = spec.build(weights=weights, input_shape=(image_size, image_size, 3), alpha=alpha)
+        layer = layer or spec.feature_layer
+    out = model_mod.layer_output(net, layer)
+    if len(out.shape) == 4:
+        out = keras.layers.GlobalAveragePooling2D(name="export_pool")(out)
+    elif len(out.shape) != 2:
+        raise ConfigError(f"layer {layer!r} has output shape {tuple(out.shape)}; expected (batch, h, w, c) or (batch, d)")
+    feat = keras.Model(net.inputs, out, name="feature_extractor")
+    info = {"arch": spec.name, "alpha": float(alpha) if spec.accepts_alpha else None,
+            "weights": None if weights is None or str(weights).lower() == "none" else str(weights),
+            "run": str(Path(run).resolve()) if run is not None else None, "layer": layer,
+            "image_size": int(image_size), "seed": int(seed), "preprocessing": getattr(spec.preprocess, "__name__", str(spec.preprocess)),
+            "spec": spec}
+    return feat, info
+
+
+
+def imagenet_top_model(arch: str, alpha: float = 1.0):
+    """The backbone with its ImageNet classifier (1000-way softmax) at the default size."""
+    from mame_transfer.models import backbones
+
+    spec = backbones.get(arch)
+    return spec.build(weights="imagenet", include_top=True, alpha=alpha), spec.default_size
+
+
+
+def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_size: int, preprocess,
+            batch_size: int, on_batch, desc: str, verbose: int, jitter: bool = False) -> None:
+    """Fill ``array[start:]`` batch by batch; ``on_batch(rows_done)`` runs after each flushed batch.
+
+    With ``jitter`` each row is the mean over 12 views (whole, 4 corner and centre crops, all mirrored too).
+    """
+    from mame_transfer.datasets.pipeline import make_pipeline
+    from mame_transfer.inference import tta
+
+    if start >= len(table):
+        return
+    rest = table.iloc[start:].reset_index(drop=True)
+    pipe = make_pipeline(rest, image_size=image_size, preprocess=preprocess, batch_size=batch_size,
+                              training=False, augment=False, shuffle=False, with_labels=False)
+    import tensorflow as tf
+
+    # One graph, traced once for any batch size (an eager call runs layer by layer; an unconstrained
+    # tf.function retraces for new batch shapes, ~1 s each for EfficientNet).
+    graph = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32)])
+
+    def forward(x, training=False):
+        return graph(x)
+
+    bar = _progress(len(table), start, desc, verbose)
+    row = start
+    for batch in pipe:
+        out = tta.jitter_average(forward, batch) if jitter else np.asarray(forward(batch), dtype=np.float32)
+        array[row:row + len(out)] = out
+        row += len(out)
+        array.flush()
+        on_batch(row)
+        bar.update(len(out))
+    bar.close()
+    if row != len(table):
+        raise DataError(f"export of {desc} produced {row} rows for {len(table)} images")
+
+
+
+def _progress(total: int, initial: int, desc: str, verbose: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not verbose, leave=verbose > 0,
+                file=sys.stderr)
+
+
+
+def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: float = 1.0,
+           weights: str | None = "imagenet", image_size: int | None = None, run: str | os.PathLike | None = None,
+           layer: str | None = None, splits: Sequence[str] | None = None, batch_size: int = 32,
+           imagenet_probs: bool = False, overwrite: bool = False, verbose: int = 1,
+           jitter: bool = False, seed: int = 0) -> FeatureStore:
+    """Export embeddings (and optionally ImageNet probabilities) of every image of ``splits`` to a store.
+
+    Writes into ``<out>.partial`` (resumable: rows done per split and feature set are recorded after every
+    batch) and renames it to ``out`` when complete.
+
+    Args:
+        out: store folder.
+        dataset: a :class:`mame_transfer.data.Dataset`.
+        arch, alpha, weights, image_size: registry backbone (ignored with ``run``).
+        run: finished run directory whose model to use.
+        layer: layer to export (pooled when spatial); default see :func:`embedding_model`.
+        splits: subsets to export (default: all present).
+        imagenet_probs: also store the 1000 ImageNet probabilities of the backbone with its ImageNet head.
+        seed: seed of random initial weights (``weights=None``).
+        overwrite: replace an existing complete store at ``out``.
+        jitter: average each image's features over flips and crops (Razavian et al. 2014, :func:`tta.jitter_views`).
+    """
+    out = Path(out)
+    if (out / MANIFEST).is_file() and not overwrite:
+        raise ConfigError(f"feature store {out} already exists; pass --overwrite to replace it or choose another --out")
+    splits = list(splits or dataset.subsets)
+    for s in splits:
+        if s not in dataset.subsets:
+            raise DataError(f"{dataset.source or dataset.root}: no {s!r} split to export "
+                            f"(present: {', '.join(dataset.subsets)}).")
+    tables = {s: dataset.split(s) for s in splits}
+    feat, info = embedding_model(arch=arch, alpha=alpha, weights=weights, image_size=image_size, run=run, layer=layer,
+                                 seed=seed)
+    spec = info.pop("spec")
+    if imagenet_probs and info["weights"] != "imagenet":
+        raise ConfigError(f"--imagenet-probs needs a backbone with ImageNet weights; this one has "
+                          f"weights={info['weights']!r}")
+    dim = int(feat.output.shape[-1])
+    manifest = dict(info, format=FORMAT, augment=False, jitter=bool(jitter), package_version=_version(),
+                    input_hash=input_hash(pd.concat(tables.values())), classes=list(dataset.classes),
+                    dataset=str(dataset.source or dataset.root),
+                    feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),
+                    splits={s: {"n": len(t), "dim": dim} for s, t in tables.items()})
+    work = out.with_name(out.name + PARTIAL)
+    progress = _open_progress(work, manifest)
+    jobs = [(EMBEDDINGS, feat, info["image_size"], dim)]
+    if imagenet_probs:
+        top, top_size = imagenet_top_model(info["arch"], info["alpha"] or 1.0)
+        jobs.append((IMAGENET_PROBS, top, top_size, 1000))
+    for split, table in tables.items():
+        (work / split).mkdir(parents=True, exist_ok=True)
+        if not (work / split / "metadata.csv").is_file():
+            write_text(work / split / "metadata.csv", metadata_frame(table).to_csv(index=False))
+        for name, model, size, width in jobs:
+            path = work / split / f"{name}.npy"
+            key = f"{split}/{name}"
+            done = int(progress["done"].get(key, 0)) if path.is_file() else 0
+            if done >= len(table):
+                continue
+            if done:
+                array = np.lib.format.open_memmap(path, mode="r+")
+            else:
+                array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(table), width))
+
+            def mark(rows, key=key):
+                progress["done"][key] = rows
+                write_json(work / PROGRESS, progress)
+
+            _stream(model, table, array, done, image_size=size, preprocess=spec.preprocess, batch_size=batch_size,
+                    on_batch=mark, desc=key, verbose=verbose, jitter=jitter)
+            del array
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(work / MANIFEST, manifest)
+    (work / PROGRESS).unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return load_store(out)
+
+
+
+def _open_progress(work: Path, manifest: dict) -> dict:
+    """Progress of an interrupted export of the same inputs and settings, or a fresh one."""
+    keys = ("arch", "alpha", "weights", "run", "layer", "image_size", "seed", "jitter", "input_hash", "splits",
+            "feature_sets")
+    want = {k: manifest[k] for k in keys}
+    path = work / PROGRESS
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("settings") == json.loads(json.dumps(want)):
+            return saved
+        print(f"[features] {work} holds an export with other settings or inputs; starting over", file=sys.stderr)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    progress = {"settings": want, "done": {}}
+    write_json(path, progress)
+    return progress
+

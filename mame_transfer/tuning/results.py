@@ -1,0 +1,126 @@
+"""TODO docstring (tune -> tuning.results)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mame_transfer.core import config as cfg
+from mame_transfer.core.fileio import markdown_table, write_json, write_text
+from mame_transfer.tuning.hypermodel import SearchData, TRIAL_INFO
+from mame_transfer.tuning.space import SEARCHABLE, SearchSpec, TuneError, trial_config
+
+PROJECT = "kt"  # KerasTuner's project folder inside the tuning folder
+
+
+
+def trials_table(oracle, folder: Path, spec: SearchSpec):
+    """One row per trial: id, status, worker, route, every hyperparameter, score, epochs, seconds."""
+    import pandas as pd
+
+    rows = []
+    for tid, trial in sorted(oracle.trials.items()):
+        info_file = Path(folder) / PROJECT / f"trial_{tid}" / TRIAL_INFO
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+
+        def metric(name):
+            try:
+                value = trial.metrics.get_best_value(name)
+            except (ValueError, KeyError):
+                return None
+            return None if value is None else float(value)
+
+        row = {"trial": tid, "status": str(trial.status)}
+        worker = metric("worker_index")
+        row["worker"] = info.get("tuner_id") or (f"tuner{int(worker)}" if worker is not None else None)
+        row["route"] = info.get("route")
+        for name, value in trial.hyperparameters.values.items():
+            row[name] = value
+        row["score"] = trial.score
+        for name in ("val_accuracy", "val_macro_f1"):
+            if metric(name) is not None:
+                row[name] = metric(name)
+        epochs, seconds = metric("trial_epochs"), metric("trial_seconds")
+        row["epochs"] = int(epochs) if epochs is not None else info.get("epochs")
+        row["seconds"] = seconds if seconds is not None else info.get("seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+
+def score_per_trial_figure(table, objective: str):
+    """Score of each trial in run order, with the running best."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    done = table[table["score"].notna()]
+    x = np.arange(1, len(done) + 1)
+    ax.plot(x, done["score"], "o", label="trial")
+    ax.plot(x, np.maximum.accumulate(done["score"].to_numpy(dtype=float)), "-", label="best so far")
+    ax.set_xlabel("trial (in id order)")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+
+def score_vs_lr_figure(table, objective: str):
+    """Score against learning rate (log axis)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    done = table[table["score"].notna()]
+    ax.scatter(done["lr"], done["score"], c="#4477aa")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+
+def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overrides: dict) -> dict:
+    """Check every trial really trained, then write the table, plots, best.yaml and search.json."""
+    from mame_transfer.core import plots
+
+    oracle = tuner.oracle
+    table = trials_table(oracle, folder, spec)
+    if table.empty:
+        raise TuneError(f"{folder}: the search ran no trial")
+    write_text(folder / "trials.csv", table.to_csv(index=False))
+    write_text(folder / "trials.md", markdown_table(table, float_format="{:.4g}", nan=""))
+    bad = table[table["status"] != "COMPLETED"]
+    if len(bad):
+        first = oracle.trials[bad["trial"].iloc[0]]
+        raise TuneError(f"{len(bad)} of {len(table)} trials did not complete "
+                        f"({', '.join(f'{t}: {s}' for t, s in zip(bad['trial'], bad['status']))}); see "
+                        f"{folder / 'trials.csv'}. First error:\n{(first.message or '')[-2000:]}")
+    plots.save(score_per_trial_figure(table, spec.tuner.objective), folder / "score_per_trial.png")
+    plots.save(score_vs_lr_figure(table, spec.tuner.objective), folder / "score_vs_lr.png")
+    best = oracle.get_best_trials(1)[0]
+    values = {k: v for k, v in best.hyperparameters.values.items() if k in SEARCHABLE}
+    best_conf = trial_config(spec, values, **overrides)
+    best_conf = dataclasses.replace(best_conf, out=None, overwrite=False, verbose=2)
+    if data.cached:
+        best_conf.augment = False  # the search trained without augmentation (features computed once)
+    header = (f"# best trial {best.trial_id} of {folder} ({spec.tuner.algorithm}, {data.route}): "
+              f"{spec.tuner.objective} {best.score:.4f}\n# retrain: python -m mame_transfer.finetune --config "
+              f"{folder / 'best.yaml'}\n")
+    write_text(folder / "best.yaml", header + cfg.dump_yaml(best_conf))
+    tuner.prune(final=True)
+    summary = {"name": spec.name, "algorithm": spec.tuner.algorithm, "objective": spec.tuner.objective,
+               "route": data.route, "trials": int(len(table)), "completed": int((table["status"] == "COMPLETED").sum()),
+               "best_trial": best.trial_id, "best_score": float(best.score), "best_values": values,
+               "best_weights": str(Path(tuner.get_trial_dir(best.trial_id)) / "checkpoint.weights.h5"),
+               "workers": sorted(str(w) for w in table["worker"].dropna().unique())}
+    write_json(folder / "search.json", summary)
+    return summary
+

@@ -1,0 +1,212 @@
+"""TODO docstring (tune -> tuning.search)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from mame_transfer.core import config as cfg
+from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.fileio import write_json, write_text
+from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData, make_hypermodel
+from mame_transfer.tuning.results import PROJECT, write_results
+from mame_transfer.tuning.space import SearchSpec, TuneError, load_spec, spec_from_dict
+
+log = logging.getLogger("mame_transfer")
+SEARCH_FILE = "search.yaml"  # the spec and overrides of a search, written into its folder
+
+
+def _worker_index(tuner_id: str) -> int:
+    match = re.search(r"(\d+)$", tuner_id)
+    return int(match.group(1)) if match else -1
+
+
+
+def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: bool = False, overrides=None):
+    """The KerasTuner tuner of ``spec.tuner.algorithm`` with the package's trial logic mixed in."""
+    import keras_tuner as kt
+    from keras_tuner.src.distribute import utils as dist_utils
+
+    t = spec.tuner
+    objective = kt.Objective(t.objective, "max")
+    base_cls = {"random": kt.RandomSearch, "hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization}[t.algorithm]
+
+    class MameTuner(base_cls):
+        """Adds: no TensorBoard import, failures that count, per-trial info, checkpoint pruning, fast chief."""
+
+        def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+            # KerasTuner imports tensorboard here for every trial; without tensorboard installed that ImportError
+            # makes every trial INVALID. We pass no TensorBoard callback, so there is nothing to configure.
+            if any(cb.__class__.__name__ == "TensorBoard" for cb in callbacks):
+                super()._configure_tensorboard_dir(callbacks, trial, execution)
+
+        def run_trial(self, trial, *args, **kwargs):
+            t0 = time.time()
+            try:
+                histories = super().run_trial(trial, *args, **kwargs)
+            except kt.errors.FatalError:
+                raise
+            except Exception as exc:  # counted by max_consecutive_failed_trials (INVALID would not be)
+                raise kt.errors.FailedTrialError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}") from exc
+            from keras_tuner.src.engine import tuner_utils
+
+            metrics = tuner_utils.convert_to_metrics_dict(histories, self.oracle.objective)
+            epochs = sum(len(h.history.get("loss", [])) for h in histories)
+            info = {"tuner_id": self.tuner_id, "epochs": epochs, "seconds": round(time.time() - t0, 2),
+                    "route": data.route}
+            metrics = {**{k: float(v) for k, v in metrics.items()}, "trial_epochs": float(epochs),
+                       "trial_seconds": info["seconds"], "worker_index": float(_worker_index(self.tuner_id))}
+            write_json(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_INFO, info)
+            return metrics
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            self._ran = getattr(self, "_ran", set()) | {trial.trial_id}
+            self.prune(only=self._ran)
+
+        def prune(self, only=None, final: bool = False) -> None:
+            """Delete checkpoints of trials that are not the best (and cannot be continued by Hyperband)."""
+            try:
+                best = self.oracle.get_best_trials(1)
+            except Exception:  # noqa: BLE001  (no completed trial yet)
+                return
+            keep = {b.trial_id for b in best}
+            if t.algorithm == "hyperband" and not final:
+                brackets = getattr(self.oracle, "_brackets", None)
+                if brackets is None:
+                    return  # distributed worker: bracket state lives on the chief; pruned at the end
+                keep |= {e.get(k) for br in brackets for rnd in br["rounds"] for e in rnd for k in ("id", "past_id")}
+            trials_dir = Path(self.project_dir)
+            for d in trials_dir.glob("trial_*"):
+                tid = d.name[len("trial_"):]
+                if tid in keep or (only is not None and tid not in only):
+                    continue
+                for f in d.glob("checkpoint*"):
+                    f.unlink(missing_ok=True)
+
+        def search(self, *fit_args, **fit_kwargs):
+            if dist_utils.is_chief_oracle():
+                self.save()
+                serve_chief(self.oracle)
+                return
+            super().search(*fit_args, **fit_kwargs)
+
+    kwargs = dict(objective=objective, seed=t.seed, overwrite=overwrite, directory=str(folder), project_name=PROJECT,
+                  executions_per_trial=t.executions_per_trial,
+                  max_consecutive_failed_trials=t.max_consecutive_failed_trials)
+    hm = make_hypermodel(spec, data, overrides or {})
+    if t.algorithm == "hyperband":
+        return MameTuner(hm, max_epochs=t.max_epochs or data.base.epochs, factor=t.factor,
+                         hyperband_iterations=t.hyperband_iterations, **kwargs)
+    if t.algorithm == "bayesian":
+        return MameTuner(hm, max_trials=t.max_trials, num_initial_points=t.num_initial_points, **kwargs)
+    return MameTuner(hm, max_trials=t.max_trials, **kwargs)
+
+
+
+def serve_chief(oracle, poll_s: float = 0.5) -> None:
+    """KerasTuner's chief gRPC server (its ``OracleServicer``), stopping within ``poll_s`` of the last trial.
+
+    ``keras_tuner``'s own ``start_server`` polls every 20 s once the oracle has stopped; this loop is the same
+    server with a short poll.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    ip, port = os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    if not server.add_insecure_port(f"{ip}:{port}"):
+        raise TuneError(f"chief could not listen on {ip}:{port} (KERASTUNER_ORACLE_IP/PORT); is the port taken?")
+    server.start()
+    log.info("chief oracle listening on %s:%s", ip, port)
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
+            time.sleep(poll_s)
+    finally:
+        server.stop(grace=2)
+
+
+
+def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False, verbose: int = 1,
+               **overrides) -> dict | None:
+    """Run (or continue) a search in ``folder``; returns the summary (None on a distributed worker)."""
+    from keras_tuner.src.distribute import utils as dist_utils
+
+    folder = Path(folder)
+    if overwrite and folder.exists() and not dist_utils.has_chief_oracle():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.setdefault("verbose", verbose)
+    write_text(folder / SEARCH_FILE, _yaml({**spec.to_dict(), "overrides": overrides}))
+    data = SearchData(spec, folder, overrides)
+    log.info("search %s: %s, objective %s, route %s, %d classes", spec.name, spec.tuner.algorithm,
+             spec.tuner.objective, data.route, data.num_classes)
+    tuner = make_tuner(spec, data, folder, overwrite=False, overrides=overrides)
+    try:
+        tuner.search(verbose=verbose)
+    except RuntimeError as exc:
+        if "consecutive failures" in str(exc):
+            raise TuneError(f"search aborted: {exc}") from exc
+        raise
+    if dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle():
+        return None  # the chief writes the merged results
+    return write_results(tuner, spec, data, folder, overrides)
+
+
+
+def _yaml(obj) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def resolve_search(config: str | None, out: str | None, *, resume: bool = False, overwrite: bool = False,
+                   tuner: dict | None = None, base: dict | None = None, data: str | None = None,
+                   demo: bool = False) -> tuple[SearchSpec, Path, dict]:
+    """The spec, folder and dataset overrides of a search from what the command line gave.
+
+    Args:
+        config: a search YAML; optional with ``resume`` and ``out`` (the folder's own ``search.yaml`` is read).
+        out: the tuning folder (default ``tuning/<name>``).
+        tuner: ``tuner:`` settings given as flags (algorithm, objective, max_trials, seed).
+        base: ``base:`` options given as flags (seed, epochs, image_size).
+        data, demo: the dataset; a resumed search keeps the one it was started with unless given.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues a search and --overwrite deletes it; pass one of them")
+    saved_overrides: dict = {}
+    if config:
+        spec = load_spec(config)
+    elif resume and out:
+        saved = cfg.load_yaml(Path(out) / SEARCH_FILE)
+        saved_overrides = saved.pop("overrides", {}) or {}
+        spec = spec_from_dict(saved, source=str(Path(out) / SEARCH_FILE))
+    else:
+        raise ConfigError("pass --config SEARCH.yaml (or --resume --out FOLDER)")
+    folder = Path(out or Path("tuning") / spec.name)
+    if resume:
+        if not (folder / SEARCH_FILE).is_file():
+            raise ConfigError(f"--resume: no search to continue in {folder} ({SEARCH_FILE} missing)")
+        saved = cfg.load_yaml(folder / SEARCH_FILE)
+        saved_overrides = {**(saved.get("overrides") or {}), **saved_overrides}
+    for key, value in (tuner or {}).items():
+        if value is not None:
+            setattr(spec.tuner, key, value)
+    spec.tuner.validate(spec.source)
+    spec.base.update({k: v for k, v in (base or {}).items() if v is not None})
+    overrides = {**saved_overrides, **{k: v for k, v in (("data", data), ("demo", demo or None)) if v is not None}}
+    overrides.pop("verbose", None)
+    if overrides.get("data"):
+        overrides["data"] = str(Path(overrides["data"]).resolve())
+    return spec, folder, overrides
