@@ -145,8 +145,8 @@ def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict
     import keras
     import tensorflow as tf
 
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.datasets.pipeline import make_pipeline
-    from mame_transfer.datasets.tables import load_dataset
     from mame_transfer.models import backbones
     from mame_transfer.models import build as model_mod
     from mame_transfer.training import prefix_cache as cache
@@ -183,7 +183,7 @@ def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict
         store = cache.FeatureCache(len(table), cut.feature_shape, "float32")
         fn = cache.prefix_function(cut)
         images = make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
-                                    training=False, shuffle=False, with_labels=False)
+                               training=False, shuffle=False, with_labels=False)
         t0 = time.perf_counter()
         store.fill(fn, images)
         fill_first = time.perf_counter() - t0  # includes tracing the prefix function
@@ -238,8 +238,9 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
     import keras
     import tensorflow as tf
 
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.datasets.pipeline import make_pipeline
-    from mame_transfer.datasets.tables import Dataset, load_dataset
+    from mame_transfer.datasets.tables import Dataset
     from mame_transfer.models import backbones
     from mame_transfer.store.export import embedding_model
     from mame_transfer.store.export import export as export_store
@@ -249,9 +250,9 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
     dataset = load_dataset(root, require=("train",))
     table = dataset.split("train")
     small = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n // 4].reset_index(drop=True),
-                         dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+                    dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
     full = Dataset(dataset.table[dataset.table["subset"] == "train"].reset_index(drop=True),
-                        dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+                   dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
     folders = image_folder_train(root, n)
     feat, _ = embedding_model(arch=arch, weights=None, image_size=size)
     fwd = tf.function(lambda x: feat(x, training=False))
@@ -260,7 +261,7 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
 
     def ours():
         pipe = make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
-                                  training=False, shuffle=False, with_labels=False)
+                             training=False, shuffle=False, with_labels=False)
         arr = np.lib.format.open_memmap(tmp / "ours.npy", mode="w+", dtype=np.float32, shape=(len(table), feat.output.shape[-1]))
         row = 0
         for b in pipe:
@@ -278,7 +279,7 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
 
     def export(ds, name):
         export_store(tmp / name, ds, arch=arch, weights=None, image_size=size, batch_size=batch, verbose=0,
-                        overwrite=True)
+                     overwrite=True)
 
     ours()
     idfd()  # warm-up: traces the functions
@@ -304,12 +305,13 @@ def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict
 
 def rss_child(root: str, n: int, arch: str) -> None:
     """Run one export of the first n train images in this (fresh) process and print the peak RSS."""
-    from mame_transfer.datasets.tables import Dataset, load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
+    from mame_transfer.datasets.tables import Dataset
     from mame_transfer.store.export import export
 
     dataset = load_dataset(root, require=("train",))
     sub = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n].reset_index(drop=True),
-                       dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+                  dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
     out = Path(tempfile.mkdtemp(prefix="bench_rss_")) / "store"
     export(out, sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0)
     shutil.rmtree(out.parent, ignore_errors=True)
@@ -338,9 +340,9 @@ def bench_rss(root: Path, n: int, rounds: int, arch: str) -> dict:
 
 def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
 
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.datasets.pipeline import make_pipeline
     from mame_transfer.datasets.prepare import prepare
-    from mame_transfer.datasets.tables import load_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     src = tmp / "src"
@@ -364,12 +366,12 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
     tf_times = {"ratio": [], "plain": []}
     for key in ("ratio", "plain"):  # untimed warm-up: the first pipeline pays TensorFlow's one-time costs
         for _ in make_pipeline(table.iloc[:8], image_size=224, preprocess=None, batch_size=32, shuffle=False,
-                                    with_labels=False, dct_ratio=key == "ratio"):
+                               with_labels=False, dct_ratio=key == "ratio"):
             pass
     for r in range(rounds):
         for key in (("ratio", "plain") if r % 2 == 0 else ("plain", "ratio")):
             pipe = make_pipeline(table, image_size=224, preprocess=None, batch_size=32, shuffle=False,
-                                      with_labels=False, dct_ratio=key == "ratio")
+                                 with_labels=False, dct_ratio=key == "ratio")
             t0 = time.perf_counter()
             for _ in pipe:
                 pass

@@ -260,7 +260,7 @@ def cmd_maxact(args) -> int:
     table, classes = _table(args, a, b)
     if len(table) < args.top:
         raise ConfigError(f"--top {args.top} needs at least that many images; the {args.split} split "
-                                f"(after --per-class) has {len(table)}")
+                          f"(after --per-class) has {len(table)}")
     layers = _common_layers(args, a, b)
     out = _out_dir(args, b, a)
     tops = {}

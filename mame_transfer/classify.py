@@ -53,12 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _classify(a) -> None:
-    from mame_transfer.classifiers.comparison import (compare, feature_sets_for, markdown_table, source_from_dataset,
-                                                   source_from_store, write_outputs)
+    from mame_transfer.classifiers.comparison import (
+        compare,
+        feature_sets_for,
+        markdown_table,
+        source_from_dataset,
+        source_from_store,
+        write_outputs,
+    )
 
     classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier")
     if a.metadata_only:
-        from mame_transfer.datasets.tables import load_dataset
+        from mame_transfer.datasets.layouts import load_dataset
 
         if not a.data:
             raise ConfigError("--metadata-only needs --data PATH")

@@ -21,7 +21,10 @@ import sys
 from typing import Sequence
 
 from mame_transfer.core import cli
-from mame_transfer.datasets.tables import UNKNOWN_MUSEUM, load_dataset, read_folders, write_mame
+from mame_transfer.datasets.folders import read_folders
+from mame_transfer.datasets.layouts import load_dataset
+from mame_transfer.datasets.mame import write_mame
+from mame_transfer.datasets.tables import UNKNOWN_MUSEUM
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ def build_projector_parser() -> argparse.ArgumentParser:
 
 def _export(a) -> None:
     from mame_transfer.datasets import demo
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.store.export import export
 
     if not a.data and not a.demo:

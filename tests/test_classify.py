@@ -90,7 +90,7 @@ def test_every_classifier_and_feature_set(tmp_path):
     # skops round trip: the loaded pipeline predicts exactly like the fitted one
     loaded = load_pipeline(out / "best_model.skops")
     inputs = build_inputs(source, result.best_row["feature_set"], umap_components=2,
-                                   umap_factory=_RecordingReducer)
+                          umap_factory=_RecordingReducer)
     np.testing.assert_array_equal(loaded.predict(inputs.X["test"]), result.best.predict(inputs.X["test"]))
 
 
@@ -129,12 +129,12 @@ def test_bad_inputs(tmp_path):
 
 def test_metadata_only_real_mame(mame_metadata, capsys):
     """Real MAMe CSV, no images: metadata features alone, train on train, score on val and test."""
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
 
     dataset = load_dataset(mame_metadata, check_files=False)
     source = source_from_dataset(dataset)
     result = compare(source, feature_sets=["metadata"], classifiers=["random_forest"],
-                              fast=True, verbose=0)
+                     fast=True, verbose=0)
     t = result.table.set_index("classifier")
     print(t[["val_top1", "test_top1", "test_macro_f1", "fit_s"]].to_string())
     # 29 classes: chance is 1/29; image size and museum alone carry real signal

@@ -16,7 +16,10 @@ from mame_transfer import data
 from mame_transfer.classifiers.inputs import metadata_features
 from mame_transfer.core.errors import DataError
 from mame_transfer.core.errors import DataError as _DataError
+from mame_transfer.datasets.folders import read_folders
 from mame_transfer.datasets.images import check_images
+from mame_transfer.datasets.layouts import detect_layout, load_dataset
+from mame_transfer.datasets.mame import write_mame
 from mame_transfer.datasets.pipeline import decode_and_resize, make_pipeline
 from mame_transfer.datasets.tables import (
     COLUMNS,
@@ -24,10 +27,6 @@ from mame_transfer.datasets.tables import (
     TABLE_COLUMNS,
     UNKNOWN_MUSEUM,
     Dataset,
-    detect_layout,
-    load_dataset,
-    read_folders,
-    write_mame,
 )
 
 CLASSES = ["Etching", "Oil on canvas", "Woven fabric"]

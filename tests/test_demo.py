@@ -10,8 +10,9 @@ import pytest
 
 from mame_transfer import data
 from mame_transfer.datasets import demo
+from mame_transfer.datasets.layouts import detect_layout, load_dataset
 from mame_transfer.datasets.pipeline import decode_and_resize
-from mame_transfer.datasets.tables import COLUMNS, SUBSETS, detect_layout, load_dataset
+from mame_transfer.datasets.tables import COLUMNS, SUBSETS
 
 SIZES = (10, 3, 4)
 

@@ -96,12 +96,12 @@ def _synthetic_store(path, images, labels, paths, dim=24, seed=0, classes=None):
 @pytest.fixture(scope="module")
 def demo_stores(demo_root, tmp_path_factory):
     """Two stores of the demo set: test_tiny features (32 px) and a second store of the same images."""
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
 
     base = tmp_path_factory.mktemp("explore_stores")
     ds = load_dataset(demo_root)
     store = export(base / "tiny", ds, arch="test_tiny", weights=None, image_size=32, batch_size=64,
-                            verbose=0)
+                   verbose=0)
     table = pd.concat([store.metadata(s) for s in store.splits], ignore_index=True)
     other = _synthetic_store(base / "other", table["image"].tolist(), table["label"].tolist(),
                              table["path"].tolist(), classes=store.classes)

@@ -87,7 +87,7 @@ def test_mismatched_rows(tmp_path):
         load_store(tmp_path / "store")
     with pytest.raises(DataError, match="must match row for row"):
         write_store(tmp_path / "s2", manifest={"classes": ["a"]},
-                             splits={"train": (np.zeros((3, 2)), _meta(4))})
+                    splits={"train": (np.zeros((3, 2)), _meta(4))})
 
 
 def test_truncated_array(tmp_path):
@@ -101,7 +101,7 @@ def test_truncated_array(tmp_path):
 
 
 def _demo(demo_root):
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
 
     return load_dataset(demo_root)
 
@@ -164,7 +164,7 @@ def test_export_from_run_layer_and_projector_cli(tmp_path, tiny_run, capsys):
 
 def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):
     store = export(tmp_path / "s", _demo(demo_root), arch="mobilenet", alpha=0.25, weights="imagenet",
-                            image_size=32, splits=["val"], batch_size=30, imagenet_probs=True, verbose=0)
+                   image_size=32, splits=["val"], batch_size=30, imagenet_probs=True, verbose=0)
     assert store.feature_sets == ["embeddings", "imagenet_probs"]
     assert store.embeddings("val").shape == (60, 256)
     probs = store.embeddings("val", "imagenet_probs")
@@ -172,4 +172,4 @@ def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
     with pytest.raises(Exception, match="--imagenet-probs needs a backbone with ImageNet weights"):
         export(tmp_path / "t", _demo(demo_root), arch="test_tiny", weights=None, image_size=32,
-                        splits=["val"], imagenet_probs=True, verbose=0)
+               splits=["val"], imagenet_probs=True, verbose=0)

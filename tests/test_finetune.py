@@ -17,6 +17,7 @@ import pytest
 from mame_transfer import evaluate, finetune
 from mame_transfer.core.config import TrainConfig
 from mame_transfer.models import backbones
+from mame_transfer.training import trainer
 from mame_transfer.training.compile import class_weights
 from mame_transfer.training.runs import (
     STATE_DIR,
@@ -24,7 +25,6 @@ from mame_transfer.training.runs import (
     load_run,
     resolved_config,
 )
-from mame_transfer.training import trainer
 from mame_transfer.training.trainer import finish_run
 
 REPO = Path(__file__).resolve().parents[1]

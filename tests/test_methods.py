@@ -42,7 +42,7 @@ def _folder_set(root, classes=("a", "b", "c"), n=3, sizes=((48, 48), (20, 100), 
 def test_parse_block_lr_ranges_and_errors():
     names = ["block1", "block2", "block3"]
     assert methods.parse_block_lr("block1-block2:1e-2, head:0.5", names) == [(("block1", "block2"), 1e-2),
-                                                                              (("head",), 0.5)]
+                                                                             (("head",), 0.5)]
     assert methods.parse_block_lr("block3:1e-4", names) == [(("block3",), 1e-4)]
     with pytest.raises(ConfigError, match=r"unknown block 'block9'.*block1, block2, block3"):
         methods.parse_block_lr("block1-block9:1e-2", names)
@@ -224,7 +224,7 @@ def test_budget_hw_keeps_aspect():
 
 
 def test_variable_shape_pipeline_and_model_take_aspect_0_2_and_5(tmp_path):
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
 
     root = _folder_set(tmp_path / "set")
     table = load_dataset(root).split("train")
@@ -381,8 +381,8 @@ def test_reinit_mobilenet_imagenet_low_blocks_differ_from_pretrained(keras_home)
 
 
 def test_feature_export_with_jitter(tmp_path):
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.datasets.pipeline import make_pipeline
-    from mame_transfer.datasets.tables import load_dataset
     from mame_transfer.models import backbones
     from mame_transfer.store.export import embedding_model, export
 
@@ -394,7 +394,7 @@ def test_feature_export_with_jitter(tmp_path):
     assert jit.manifest["jitter"] is True and plain.manifest["jitter"] is False
     feat, _ = embedding_model(arch="test_tiny", weights=None, image_size=16, seed=5)  # same random weights
     batch = next(iter(make_pipeline(dataset.split("val"), image_size=16, batch_size=64, with_labels=False,
-                                         preprocess=backbones.get("test_tiny").preprocess)))
+                                    preprocess=backbones.get("test_tiny").preprocess)))
     np.testing.assert_allclose(jit.embeddings("val"), tta.jitter_average(feat, batch), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(plain.embeddings("val"), np.asarray(feat(batch)), rtol=1e-4, atol=1e-6)
     assert not np.allclose(jit.embeddings("val"), plain.embeddings("val"))

@@ -10,8 +10,9 @@ from PIL import Image
 from mame_transfer import prepare as prepare_cmd
 from mame_transfer.core.errors import DataError
 from mame_transfer.datasets import demo
+from mame_transfer.datasets.layouts import load_dataset
 from mame_transfer.datasets.prepare import prepare, resize_file, target_size
-from mame_transfer.datasets.tables import TOY_CSV, load_dataset
+from mame_transfer.datasets.tables import TOY_CSV
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def small_mame(tmp_path_factory):
 def test_square_copy_is_a_valid_mame_layout_with_the_same_rows(small_mame, tmp_path, capsys):
     out = tmp_path / "p64"
     assert prepare_cmd.main(["--data", str(small_mame), "--out", str(out), "--size", "64", "--workers", "2",
-                         "--quiet"]) == 0
+                             "--quiet"]) == 0
     src = load_dataset(small_mame)
     dst = load_dataset(out)  # checks every output file
     assert dst.image_root.name == "data"

@@ -61,7 +61,7 @@ def test_analyse_store(tmp_path, keras_home):
                              "aspect_ratio": 1.0})
         splits[split], extra[split] = (emb, meta), {"imagenet_probs": probs}
     write_store(tmp_path / "s", manifest={"arch": "synthetic", "layer": "x", "classes": classes},
-                         splits=splits, extra_sets=extra)
+                splits=splits, extra_sets=extra)
     assert task_similarity.main([str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 0
     labels = pd.read_csv(tmp_path / "o" / "imagenet_labels.csv")
     first = labels[labels["rank"] == 1].set_index("class").imagenet_label.to_dict()
@@ -76,6 +76,6 @@ def test_analyse_store(tmp_path, keras_home):
 def test_store_without_probs(tmp_path, keras_home, capsys):
     meta = pd.DataFrame({"image": ["a", "b"], "label": ["x", "y"], "label_index": [0, 1]})
     write_store(tmp_path / "s", manifest={"arch": "synthetic", "classes": ["x", "y"]},
-                         splits={"train": (np.zeros((2, 3)), meta)})
+                splits={"train": (np.zeros((2, 3)), meta)})
     assert task_similarity.main([str(tmp_path / "s")]) == 2
     assert "no 'imagenet_probs' feature set; re-export" in capsys.readouterr().err

@@ -237,7 +237,7 @@ def test_distributed_chief_and_two_workers(tiny_data, tmp_path):
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tiny_data, tmp_path):
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]

@@ -77,7 +77,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> n
 
     h, w = image.shape[:2]
     heat = np.asarray(Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize((w, h),
-                                                                                           Image.BILINEAR)) / 255.0
+                                                                                              Image.BILINEAR)) / 255.0
     colored = colormaps["jet"](heat)[..., :3] * 255.0
     out = (1 - alpha) * np.clip(image, 0, 255) + alpha * colored
     return out.clip(0, 255).astype(np.uint8)

@@ -91,7 +91,7 @@ def load_table(*, data: str | None = None, source: ModelSource | None = None, sp
     Returns:
         The split table (``image``, ``path``, ``label``, ``label_index``...) and the class names.
     """
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
     from mame_transfer.training.runs import dataset_for
 
     if data:
@@ -123,7 +123,7 @@ def image_batches(table: pd.DataFrame, image_size: int, *, batch_size: int = 32)
     from mame_transfer.datasets.pipeline import make_pipeline
 
     pipeline = make_pipeline(table, image_size=image_size, preprocess=None, batch_size=batch_size,
-                                      training=False, augment=False, with_labels=False)
+                             training=False, augment=False, with_labels=False)
     for batch in pipeline:
         yield np.asarray(batch)
 

@@ -6,9 +6,20 @@
 * :mod:`.similarity`: how close a task is to ImageNet (``task_similarity``).
 """
 
-from mame_transfer.classifiers.comparison import (accuracy_figure, build_inputs, compare, source_from_dataset,
-                                               source_from_store, write_outputs)
-from mame_transfer.classifiers.estimators import CLASSIFIERS, classifier_pipeline, load_pipeline, save_pipeline
+from mame_transfer.classifiers.comparison import (
+                                                  accuracy_figure,
+                                                  build_inputs,
+                                                  compare,
+                                                  source_from_dataset,
+                                                  source_from_store,
+                                                  write_outputs,
+)
+from mame_transfer.classifiers.estimators import (
+                                                  CLASSIFIERS,
+                                                  classifier_pipeline,
+                                                  load_pipeline,
+                                                  save_pipeline,
+)
 
 __all__ = ["CLASSIFIERS", "accuracy_figure", "build_inputs", "classifier_pipeline", "compare", "load_pipeline",
            "save_pipeline", "source_from_dataset", "source_from_store", "write_outputs"]

@@ -1,4 +1,14 @@
-"""TODO docstring (classify -> classifiers.compare)."""
+"""The classifier comparison: feature sets x classifiers, tuned on train, ranked on val, scored on test.
+
+Every classifier is a ``Pipeline(StandardScaler, estimator)`` (:mod:`.estimators`) whose hyperparameters are chosen
+by ``GridSearchCV`` (stratified 3-fold) on the training split only; val and test are only scored. Feature sets:
+
+* ``embeddings``: the store's vectors (Razavian et al. 2014, "CNN features off-the-shelf");
+* ``embeddings+metadata``: plus width, height, product size (log), aspect ratio and museum one-hot
+  (:func:`mame_transfer.classifiers.inputs.metadata_features`);
+* ``embeddings+metadata+umap``: plus UMAP coordinates of the embeddings, UMAP fitted on train, applied to val/test;
+* ``metadata``: the metadata columns alone.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +38,6 @@ from mame_transfer.core.fileio import write_json, write_text
 FEATURE_SETS = ("embeddings", "embeddings+metadata", "embeddings+metadata+umap", "metadata")
 
 
-
 @dataclass
 class Inputs:
     """Design matrices per split for one feature set, labels, and column names."""
@@ -36,7 +45,6 @@ class Inputs:
     X: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
     names: list[str]
-
 
 
 @dataclass
@@ -51,7 +59,6 @@ class Source:
     @property
     def splits(self) -> list[str]:
         return [s for s in ("train", "val", "test") if s in self.metadata]
-
 
 
 def source_from_store(store, feature_set: str = "embeddings") -> Source:
@@ -69,12 +76,10 @@ def source_from_store(store, feature_set: str = "embeddings") -> Source:
     return Source(store.classes, emb, meta, desc)
 
 
-
 def source_from_dataset(dataset) -> Source:
     """Metadata only (no images needed): a :class:`mame_transfer.data.Dataset`."""
     meta = {s: dataset.split(s) for s in dataset.subsets}
     return Source(list(dataset.classes), {s: None for s in meta}, meta, f"metadata of {dataset.source}")
-
 
 
 def build_inputs(source: Source, feature_set: str, *, umap_components: int = 8, seed: int = 0,
@@ -115,7 +120,6 @@ def build_inputs(source: Source, feature_set: str, *, umap_components: int = 8, 
     return Inputs(X, y, names)
 
 
-
 def fit_umap(embeddings: dict[str, np.ndarray], splits: Sequence[str], n_components: int, seed: int,
              factory: Callable | None = None) -> dict:
     """UMAP coordinates: fitted on standardised train embeddings, ``transform`` for the other splits.
@@ -144,7 +148,6 @@ def fit_umap(embeddings: dict[str, np.ndarray], splits: Sequence[str], n_compone
     return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}
 
 
-
 def scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     """Class scores ``[n, n_classes]`` for ranking: probabilities, else decision function (LinearSVC, SVC)."""
     if hasattr(estimator, "predict_proba") and _has_proba(estimator):
@@ -158,7 +161,6 @@ def scores(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-
 def _has_proba(estimator) -> bool:
     try:
         clf = estimator[-1] if hasattr(estimator, "steps") else estimator
@@ -166,7 +168,6 @@ def _has_proba(estimator) -> bool:
             and type(clf).__name__ != "LinearSVC"
     except Exception:
         return False
-
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict:
@@ -181,7 +182,6 @@ def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> 
             "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
 
 
-
 def cv_folds(y: np.ndarray, folds: int = 3, seed: int = 0):
     from sklearn.model_selection import StratifiedKFold
 
@@ -190,7 +190,6 @@ def cv_folds(y: np.ndarray, folds: int = 3, seed: int = 0):
     if k < 2:
         raise DataError(f"a class has {smallest} training example(s); cross-validation needs at least 2 per class")
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-
 
 
 def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, seed: int = 0, n_jobs: int = 1):
@@ -232,7 +231,6 @@ def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, se
     return best, row, preds
 
 
-
 @dataclass
 class Comparison:
     """Result of :func:`compare`: the table and the best pipeline (by val top-1)."""
@@ -244,7 +242,6 @@ class Comparison:
     classes: list[str]
     y: dict
     feature_names: list[str]
-
 
 
 def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
@@ -279,13 +276,11 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
     return Comparison(table, model, row, preds, list(source.classes), y, names)
 
 
-
 def markdown_table(table: pd.DataFrame) -> str:
     """The table as GitHub Markdown (scores with 4 decimals, seconds with 2; NaN shown as '–')."""
     from mame_transfer.core.fileio import markdown_table as to_markdown
 
     return to_markdown(table, column_formats={"_s": "{:.2f}"})
-
 
 
 def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):
@@ -296,7 +291,6 @@ def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):
     labels = [f"{r.feature_set} · {r.classifier}" for r in t.itertuples()]
     return plots.bar_figure(labels, t[metric].fillna(0).to_numpy(), xlabel=metric.replace("_", " "),
                             title=f"{metric.replace('_', ' ')} by feature set and classifier")
-
 
 
 def write_outputs(result: Comparison, out: str | Path, *, description: str = "") -> Path:
@@ -325,7 +319,6 @@ def write_outputs(result: Comparison, out: str | Path, *, description: str = "")
         "test_top1": result.best_row["test_top1"], "source": description,
         "note": "UMAP columns (if any) come from a UMAP fitted on the train split; it is not part of the pipeline"})
     return out
-
 
 
 def feature_sets_for(with_: str | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""TODO docstring (classify -> classifiers.estimators)."""
+"""The classifiers compared, their grids, and saving / loading a fitted pipeline with skops (no pickle)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path
 
 CLASSIFIERS = ("linear_svc", "svc_rbf", "svc_sigmoid", "logreg", "knn", "random_forest", "voting")
-
 
 
 def _estimators(seed: int = 0) -> dict[str, Callable]:
@@ -38,7 +37,6 @@ def _estimators(seed: int = 0) -> dict[str, Callable]:
     }
 
 
-
 # Small grids (3-fold CV on train). ``fast`` grids: one or two values, for tests and the notebook.
 GRIDS = {
     "linear_svc": {"clf__C": [0.001, 0.01, 0.1, 1.0]},
@@ -49,8 +47,6 @@ GRIDS = {
     "random_forest": {"clf__max_depth": [None, 20], "clf__max_features": ["sqrt", 0.3]},
     "voting": {},
 }
-
-
 
 FAST_GRIDS = {
     "linear_svc": {"clf__C": [0.01, 1.0]},
@@ -63,10 +59,8 @@ FAST_GRIDS = {
 }
 
 
-
 # Fixed settings of the fast mode (fewer trees), applied without search.
 FAST_FIXED = {"random_forest": {"clf__n_estimators": 50}, "voting": {"clf__rf__n_estimators": 50}}
-
 
 
 def classifier_pipeline(name: str, seed: int = 0):
@@ -80,7 +74,6 @@ def classifier_pipeline(name: str, seed: int = 0):
     return Pipeline([("scale", StandardScaler()), ("clf", est[name]())])
 
 
-
 def save_pipeline(model, path: str | Path) -> Path:
     """Save a fitted pipeline with skops (no pickle)."""
     import skops.io as sio
@@ -88,7 +81,6 @@ def save_pipeline(model, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         sio.dump(model, tmp)
     return Path(path)
-
 
 
 def load_pipeline(path: str | Path):

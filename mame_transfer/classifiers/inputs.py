@@ -1,4 +1,4 @@
-"""TODO docstring (data -> classifiers.inputs)."""
+"""Numeric columns from image metadata (sizes, aspect ratio, museum), the classifiers' non-image features."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""TODO docstring (task_similarity -> classifiers.similarity)."""
+"""How close is the target task to ImageNet (``python -m mame_transfer.task_similarity``).
+
+Two views, both from the 1000 ImageNet probabilities of a pretrained backbone with its ImageNet head (a feature
+store exported with ``--imagenet-probs``): per target class, the ImageNet labels most often ranked first with their
+mean probability; and the accuracy a classifier reaches on the 1000-d ImageNet output beside the same classifier
+on the store's embeddings (the closer, the more the ImageNet label space already separates the target classes).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,6 @@ from mame_transfer.core.errors import DataError, WeightsError
 from mame_transfer.core.fileio import write_text
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
-
 
 
 def imagenet_class_names() -> list[str]:
@@ -38,7 +43,6 @@ def imagenet_class_names() -> list[str]:
                 raise WeightsError(f"{path} is not a Keras ImageNet class index (1000 entries): {exc}") from exc
     raise WeightsError(f"{CLASS_INDEX_FILE} was not found in {', '.join(str(d) for d in dirs)}. Copy it into "
                        f"<dir>/models/ and set KERAS_HOME=<dir> (Keras downloads it with decode_predictions).")
-
 
 
 def top_imagenet_labels(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str],
@@ -73,7 +77,6 @@ def top_imagenet_labels(probs: np.ndarray, labels: Sequence[str], classes: Seque
     return pd.DataFrame(rows, columns=["class", "rank", "imagenet_label", "share", "mean_prob", "n"])
 
 
-
 def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, seed: int = 0) -> pd.DataFrame:
     """Accuracy of one classifier (grid-searched on train) on the ImageNet output vs on the embeddings."""
     from mame_transfer.classifiers.comparison import (
@@ -96,7 +99,6 @@ def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, s
     emb = out.loc[out.features == "embeddings", "val_top1"].iloc[0]
     out["relative_to_embeddings"] = out["val_top1"] / emb if emb else np.nan
     return out
-
 
 
 def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None, *, split: str = "val",
@@ -123,7 +125,6 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
                    f"## Most frequent ImageNet top-1 labels per class\n\n{markdown_table(labels_table)}\n"
                    f"## Accuracy on the ImageNet output vs the embeddings\n\n{markdown_table(scores)}")
     return labels_table, scores
-
 
 
 def arrow_lines(table: pd.DataFrame) -> list[str]:

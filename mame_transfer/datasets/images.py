@@ -1,4 +1,8 @@
-"""TODO docstring (data -> datasets.images)."""
+"""Image files: is each one readable and complete (header + end marker, no full decode), and how large is it.
+
+:func:`check_images` runs before training, so a corrupt JPEG is reported with every other bad file at once instead
+of killing an epoch hours in; :func:`looks_complete` is the same check inside the ``tf.data`` graph.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from mame_transfer.core.errors import shorten_list
 
 _TAIL_BYTES = 32  # JPEG EOI / PNG IEND must lie within the last bytes (a little padding is tolerated)
-
-
-
 _DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # what tf.io.decode_image reads (MPO is a camera JPEG)
-
 
 
 def check_images(paths: Sequence[str | os.PathLike], *, workers: int = 8) -> list[tuple[str, str]]:
@@ -29,17 +27,15 @@ def check_images(paths: Sequence[str | os.PathLike], *, workers: int = 8) -> lis
         ``(path, reason)`` for every bad file, in input order.
     """
     paths = [str(p) for p in paths]
-    return [(p, reason) for p, (_, reason) in zip(paths, _probe_all(paths, workers=workers)) if reason]
+    return [(p, reason) for p, (_, reason) in zip(paths, probe_all(paths, workers=workers)) if reason]
 
 
-
-def _probe_all(paths: Sequence[str], workers: int = 8) -> list[tuple[tuple[int, int] | None, str | None]]:
+def probe_all(paths: Sequence[str], workers: int = 8) -> list[tuple[tuple[int, int] | None, str | None]]:
     if len(paths) < 16:
         return [_probe(p) for p in paths]
     # Header reads are I/O bound and PIL releases the GIL while reading, so threads help.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(_probe, paths, chunksize=64))
-
 
 
 def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
@@ -81,16 +77,7 @@ def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
     return size, None
 
 
-
-def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)):
-        return int(image_size), int(image_size)
-    height, width = (int(v) for v in image_size)
-    return height, width
-
-
-
-def _looks_complete(data):
+def looks_complete(data):
     """In-graph twin of :func:`_probe`: magic bytes plus, for JPEG/PNG, the end marker."""
     import tensorflow as tf
 
@@ -106,8 +93,7 @@ def _looks_complete(data):
     return (is_jpeg & eoi) | (is_png & iend) | is_other
 
 
-
-def _bad_files_message(where: Path, bad: list[tuple[str, str]]) -> str:
+def bad_files_message(where: Path, bad: list[tuple[str, str]]) -> str:
     items = [f"{os.path.relpath(p, where)} ({reason})" for p, reason in bad]
     return f"{where}: {len(bad)} image file(s) unreadable or corrupt: {shorten_list(items)}."
 

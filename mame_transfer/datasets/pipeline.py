@@ -1,4 +1,7 @@
-"""TODO docstring (data -> datasets.pipeline)."""
+"""The fixed-shape ``tf.data`` pipeline: decode, resize, (cache), shuffle, batch, augment, preprocess once.
+
+TensorFlow is imported inside the functions, so reading tables never pays for it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,14 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError
-from mame_transfer.datasets.images import _image_hw, _looks_complete
+from mame_transfer.datasets.images import looks_complete
+
+
+def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return int(image_size), int(image_size)
+    height, width = (int(v) for v in image_size)
+    return height, width
 
 
 def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: bool = False):
@@ -24,7 +34,7 @@ def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: b
     height, width = _image_hw(image_size)
     data = tf.io.read_file(path_tensor)
     check = tf.debugging.Assert(
-        _looks_complete(data),
+        looks_complete(data),
         ["Cannot decode image file (empty, truncated or not JPEG/PNG); run `python -m mame_transfer.data check`:",
          path_tensor],
     )
@@ -37,7 +47,6 @@ def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: b
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
     image.set_shape((height, width, 3))
     return tf.cast(image, tf.float32)
-
 
 
 def _decode_scaled(data, height: int, width: int):
@@ -55,7 +64,6 @@ def _decode_scaled(data, height: int, width: int):
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
         *[lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)],
     ])
-
 
 
 def _rotate(images, angles):
@@ -79,9 +87,7 @@ def _rotate(images, angles):
     )
 
 
-
 MAX_ROTATION_DEGREES = 10.0
-
 
 
 def _augment(images, seed):
@@ -94,7 +100,6 @@ def _augment(images, seed):
     limit = MAX_ROTATION_DEGREES * np.pi / 180.0
     angles = tf.random.stateless_uniform([n], seed=seed + tf.constant([0, 1], tf.int64), minval=-limit, maxval=limit)
     return _rotate(images, angles)
-
 
 
 def make_pipeline(

@@ -1,4 +1,12 @@
-"""TODO docstring (prepare -> datasets.prepare)."""
+"""A resized copy of a MAMe dataset, written once (``python -m mame_transfer.prepare``).
+
+Decoding a full-resolution MAMe JPEG (median about 2667x2900 px) costs far more than classifying it at 224 px;
+this step pays that cost once. Output: the same MAMe layout (metadata CSVs copied unchanged), images in
+``<out>/data_256/`` for ``size=256`` and ``<out>/data/`` otherwise, square (the fixed-shape baseline) or with the
+shorter side at ``size`` (``keep_aspect``). JPEGs are decoded with DCT-domain downscaling (``PIL.Image.draft``)
+before the antialiased resize; each output is written to a temporary file and renamed, so an interrupted run
+resumes where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +21,7 @@ from mame_transfer.core.errors import DataError
 from mame_transfer.core.fileio import write_json
 
 MARKER = ".prepare.json"
-
-
-
 QUALITY = 95
-
 
 
 def target_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[int, int]:
@@ -27,7 +31,6 @@ def target_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[
     if width <= height:
         return size, max(1, round(height * size / width))
     return max(1, round(width * size / height)), size
-
 
 
 def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, draft: bool = True,
@@ -56,7 +59,6 @@ def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, dra
     return w0, h0
 
 
-
 def _work(job):
     src, dst, size, keep_aspect, draft = job
     try:
@@ -66,10 +68,8 @@ def _work(job):
         return src, f"{type(exc).__name__}: {exc}"
 
 
-
 def image_dir_name(size: int) -> str:
     return "data_256" if size == 256 else "data"
-
 
 
 def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *, keep_aspect: bool = False,
@@ -85,7 +85,8 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
             (after converting all the others; rerun to retry).
     """
     from mame_transfer.core.errors import shorten_list
-    from mame_transfer.datasets.tables import detect_layout, read_mame
+    from mame_transfer.datasets.layouts import detect_layout
+    from mame_transfer.datasets.mame import read_mame
 
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels. Received: size={size}")
@@ -140,7 +141,6 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
     write_json(out / MARKER, {"source": str(data), "size": size, "keep_aspect": keep_aspect, "draft": draft,
                               "images": len(names)})
     return {"written": len(jobs), "skipped": skipped, "failed": failed, "seconds": seconds}
-
 
 
 def _copy_metadata(csv_path: Path, out: Path) -> None:

@@ -1,20 +1,17 @@
-"""TODO docstring (data -> datasets.tables)."""
+"""The one table every image set becomes: a row per image (file, path, label, subset, museum, sizes) + classes.
+
+The on-disk layouts (:mod:`.mame`, :mod:`.folders`) are read into a :class:`Dataset`; :mod:`.layouts` tells them
+apart. Column names of the MAMe CSV and of the table live here, so both readers and the writer agree on them.
+"""
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
-from mame_transfer.core.errors import LIST_LIMIT, DataError, shorten_list
-from mame_transfer.core.fileio import atomic_path
-from mame_transfer.datasets.images import _bad_files_message, _probe_all, check_images
+from mame_transfer.core.errors import DataError
 
 COLUMNS = [
     "Image file",
@@ -28,36 +25,15 @@ COLUMNS = [
     "Aspect ratio",
 ]
 
-
-
 SUBSETS = ("train", "val", "test")
-
-
-
 DATASET_CSV = "MAMe_dataset.csv"
-
-
-
 TOY_CSV = "MAMe_toy_dataset.csv"
-
-
-
 LABELS_CSV = "MAMe_labels.csv"
-
-
-
 METADATA_DIRS = ("MAMe_metadata", "metadata")
-
-
 
 # data_256 first: it is the release's 256 px copy, the one meant for training.
 IMAGE_DIRS = ("data_256", "data")
-
-
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
 
 TABLE_COLUMNS = [
     "image",
@@ -73,18 +49,13 @@ TABLE_COLUMNS = [
     "aspect_ratio",
 ]
 
-
-
 UNKNOWN_MUSEUM = "unknown"
 
-
-
-_LAYOUTS_HELP = (
+LAYOUTS_HELP = (
     "Expected either the MAMe layout (ROOT/MAMe_metadata/MAMe_dataset.csv [+ MAMe_labels.csv], or the CSV "
     "directly in ROOT, with images in ROOT/data_256/ or ROOT/data/) or a class-per-folder layout "
     "(ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg, optionally ROOT/test/<class>/*.jpg)."
 )
-
 
 
 @dataclass
@@ -143,417 +114,3 @@ class Dataset:
         counts.index.name = "class"
         counts.columns.name = None
         return counts
-
-
-
-def detect_layout(path: str | os.PathLike) -> str:
-    """Say whether ``path`` holds a MAMe layout (``"mame"``) or a class-per-folder layout (``"folders"``)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"Dataset path {path} does not exist. {_LAYOUTS_HELP}")
-    if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "mame"
-        raise DataError(f"Dataset path {path} is a file, not a folder or a MAMe CSV. {_LAYOUTS_HELP}")
-    for folder in (path, *(path / d for d in METADATA_DIRS)):
-        if (folder / DATASET_CSV).is_file() or (folder / TOY_CSV).is_file():
-            return "mame"
-    if any((path / s).is_dir() for s in SUBSETS):
-        return "folders"
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith("."))
-    found = ", ".join(entries[:LIST_LIMIT]) + (f" and {len(entries) - LIST_LIMIT} more" if len(entries) > LIST_LIMIT else "")
-    raise DataError(f"{path} is neither dataset layout (it holds: {found or 'nothing'}). {_LAYOUTS_HELP}")
-
-
-
-def load_dataset(
-    path: str | os.PathLike,
-    *,
-    toy: bool = False,
-    images: str | os.PathLike | None = None,
-    museum: str | None = None,
-    check_files: bool = True,
-    require: Iterable[str] | None = ("train", "val"),
-) -> Dataset:
-    """Read a dataset in either layout and check that the ``require``d subsets are present.
-
-    Args:
-        path: MAMe root (or its metadata folder, or a MAMe CSV file) or class-per-folder root.
-        toy: MAMe layout only: read ``MAMe_toy_dataset.csv`` instead of ``MAMe_dataset.csv``.
-        images: MAMe layout only: the image folder, when not ``data_256/`` or ``data/`` under the root.
-        museum: folder layout only: value of the ``museum`` column (default ``"unknown"``).
-        check_files: check that every image exists and is a complete, readable image.
-        require: subsets that must have rows (``()`` or ``None`` for none).
-    """
-    layout = detect_layout(path)
-    if layout == "mame":
-        if museum is not None:
-            raise DataError(f"museum={museum!r} applies to class-per-folder sets; {path} is in the MAMe layout.")
-        dataset = read_mame(path, toy=toy, images=images, check_files=check_files)
-    else:
-        if toy or images is not None:
-            raise DataError(
-                f"toy/images apply to the MAMe layout; {path} is a class-per-folder set. "
-                f"Received: toy={toy}, images={images}"
-            )
-        dataset = read_folders(path, museum=museum, check_files=check_files)
-    for subset in require or ():
-        if subset not in SUBSETS:
-            raise DataError(f"Unknown required subset {subset!r}; expected some of {', '.join(SUBSETS)}.")
-        if subset not in dataset.subsets:
-            where = (
-                "the Subset column" if dataset.layout == "mame" else f"a {subset}/<class>/ folder under {dataset.root}"
-            )
-            raise DataError(
-                f"{dataset.source}: the required {subset!r} split is empty (present: "
-                f"{', '.join(dataset.subsets) or 'none'}). Add {subset!r} rows via {where}, or pass "
-                f"require={tuple(s for s in (require or ()) if s != subset)}."
-            )
-    return dataset
-
-
-
-def read_mame(
-    root: str | os.PathLike,
-    *,
-    toy: bool = False,
-    images: str | os.PathLike | None = None,
-    check_files: bool = True,
-) -> Dataset:
-    """Read and validate a MAMe-layout dataset.
-
-    Args:
-        root: the MAMe root, its metadata folder, or the dataset CSV itself.
-        toy: read ``MAMe_toy_dataset.csv`` instead of ``MAMe_dataset.csv``.
-        images: image folder; default ``data_256/`` or ``data/`` under the root.
-        check_files: check that every image exists and is complete (header + end marker, no full decode).
-
-    Raises:
-        DataError: naming the CSV, the offending lines and values, and the fix.
-    """
-    csv_path, meta_dir, root = _find_csv(Path(root), toy)
-    frame = _read_csv(csv_path)
-    classes = _read_labels(meta_dir / LABELS_CSV) if (meta_dir / LABELS_CSV).is_file() else None
-    table, classes = _validate_rows(frame, csv_path, classes, meta_dir / LABELS_CSV)
-
-    image_root = _find_image_dir(root, meta_dir, images, csv_path, required=check_files)
-    table.insert(1, "path", [os.path.join(image_root, name) for name in table["image"]])
-    if check_files:
-        _check_table_files(table, csv_path, image_root)
-    return Dataset(table, classes, root=root, layout="mame", image_root=image_root, source=csv_path)
-
-
-
-def read_folders(
-    root: str | os.PathLike,
-    *,
-    museum: str | None = None,
-    check_files: bool = True,
-) -> Dataset:
-    """Read a class-per-folder set ``<root>/<split>/<class>/*.{jpg,jpeg,png}``.
-
-    Width and height come from the image headers (read in threads); ``product_size = w * h`` and
-    ``aspect_ratio = round(w / h, 4)`` as in MAMe; ``instance_id`` is the file stem.
-
-    Raises:
-        DataError: unknown split folders, images outside class folders, no images, bad image files.
-    """
-    root = Path(os.path.abspath(root))
-    if not root.is_dir():
-        raise DataError(f"Image folder {root} does not exist or is not a folder. {_LAYOUTS_HELP}")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [p.name for p in dirs if p.name not in SUBSETS]
-    if unknown:
-        raise DataError(
-            f"{root}: folder(s) {', '.join(repr(u) for u in unknown)} are not splits. A class-per-folder set holds "
-            f"only {', '.join(SUBSETS)} folders, each with one folder per class (e.g. {root}/train/<class>/x.jpg); "
-            "move the class folders into train/ (and val/, test/)."
-        )
-    records, stray, classes = [], [], set()
-    for split_dir in (root / s for s in SUBSETS if (root / s).is_dir()):
-        for entry in sorted(split_dir.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_file():
-                if entry.suffix.lower() in IMAGE_EXTENSIONS:
-                    stray.append(str(entry))
-                continue
-            classes.add(entry.name)
-            for file in sorted(entry.rglob("*")):
-                # Non-image files (README, Thumbs.db) are skipped on purpose: only the listed extensions are data.
-                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
-                    records.append((file.relative_to(root).as_posix(), str(file), entry.name, split_dir.name))
-    if stray:
-        raise DataError(
-            f"{root}: {len(stray)} image(s) lie directly in a split folder instead of a class folder: "
-            f"{shorten_list(stray)}. Move each into <split>/<class>/."
-        )
-    if not records:
-        raise DataError(f"{root}: no .jpg/.jpeg/.png images found under {', '.join(SUBSETS)} class folders.")
-
-    paths = [r[1] for r in records]
-    probes = _probe_all(paths)
-    if check_files:
-        bad = [(p, reason) for p, (_, reason) in zip(paths, probes) if reason]
-        if bad:
-            raise DataError(_bad_files_message(root, bad) + " Remove or replace these files.")
-    sizes = np.array([size if size else (np.nan, np.nan) for size, _ in probes], dtype=float)
-    width, height = sizes[:, 0], sizes[:, 1]
-    classes = sorted(classes)
-    index = {c: i for i, c in enumerate(classes)}
-    table = pd.DataFrame(
-        {
-            "image": [r[0] for r in records],
-            "path": paths,
-            "label": [r[2] for r in records],
-            "label_index": [index[r[2]] for r in records],
-            "subset": [r[3] for r in records],
-            "museum": museum if museum is not None else UNKNOWN_MUSEUM,
-            "instance_id": [Path(r[1]).stem for r in records],
-            "width": width,
-            "height": height,
-            "product_size": width * height,
-            "aspect_ratio": np.round(width / height, 4),
-        },
-        columns=TABLE_COLUMNS,
-    )
-    return Dataset(table, classes, root=root, layout="folders", image_root=root, source=root)
-
-
-
-def _find_csv(path: Path, toy: bool) -> tuple[Path, Path, Path]:
-    """Locate (csv file, metadata folder, dataset root) from a root, metadata folder or CSV path."""
-    path = Path(os.path.abspath(path))
-    name = TOY_CSV if toy else DATASET_CSV
-    if path.is_file():
-        csv_path = path
-    else:
-        candidates = [path / name, *(path / d / name for d in METADATA_DIRS)]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise DataError(
-                f"No {name} in {path}: looked for {', '.join(str(c) for c in candidates)}. {_LAYOUTS_HELP}"
-                + (" (toy=True reads MAMe_toy_dataset.csv.)" if toy else "")
-            )
-        csv_path = found[0]
-    meta_dir = csv_path.parent
-    root = meta_dir.parent if meta_dir.name in METADATA_DIRS else meta_dir
-    return csv_path, meta_dir, root
-
-
-
-def _find_image_dir(
-    root: Path, meta_dir: Path, images: str | os.PathLike | None, csv_path: Path, *, required: bool
-) -> Path:
-    if images is not None:
-        image_dir = Path(os.path.abspath(images))
-        if required and not image_dir.is_dir():
-            raise DataError(
-                f"Image folder {image_dir} (images=) does not exist; it should hold the files of {csv_path}."
-            )
-        return image_dir
-    candidates = [root / d for d in IMAGE_DIRS]
-    if meta_dir != root:
-        candidates += [meta_dir / d for d in IMAGE_DIRS]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    if required:
-        raise DataError(
-            f"No image folder for {csv_path}: looked for {', '.join(str(c) for c in candidates)}. Put the images "
-            "in one of them, pass images=/--images, or check_files=False/--no-files to read the metadata only."
-        )
-    # Metadata-only reading (e.g. the real MAMe CSV without its images): paths point where images would be.
-    return candidates[0]
-
-
-
-def _read_csv(csv_path: Path) -> pd.DataFrame:
-    try:
-        # Everything as text: instance IDs like "29.100.60" must not become floats, and bad numbers are reported
-        # by row instead of failing the whole parse.
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{csv_path} is empty; expected the header {','.join(COLUMNS)} and one row per image."
-        ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv_path} is not a readable CSV file: {exc}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{csv_path}: missing column(s) {', '.join(repr(c) for c in missing)}. Expected the MAMe header "
-            f"{','.join(COLUMNS)} (found: {','.join(frame.columns)})."
-        )
-    return frame
-
-
-
-def _read_labels(labels_path: Path) -> list[str]:
-    """Read ``MAMe_labels.csv`` (no header; ``index,name``) into names ordered by index."""
-    entries: dict[int, str] = {}
-    with open(labels_path, newline="", encoding="utf-8-sig") as fh:
-        for line, row in enumerate(csv.reader(fh), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            try:
-                index, name = int(row[0]), ",".join(row[1:]).strip()
-            except (ValueError, IndexError):
-                raise DataError(
-                    f"{labels_path} line {line}: expected 'index,name' (no header), got {','.join(row)!r}."
-                ) from None
-            if not name or index in entries or name in entries.values():
-                raise DataError(f"{labels_path} line {line}: empty or duplicate label entry {','.join(row)!r}.")
-            entries[index] = name
-    if sorted(entries) != list(range(len(entries))) or not entries:
-        raise DataError(
-            f"{labels_path}: label indices must be 0..n-1 without gaps; found {sorted(entries)[:LIST_LIMIT]}..."
-        )
-    return [entries[i] for i in range(len(entries))]
-
-
-
-def _validate_rows(
-    frame: pd.DataFrame, csv_path: Path, classes: list[str] | None, labels_path: Path
-) -> tuple[pd.DataFrame, list[str]]:
-    """Check every row of a MAMe CSV; collect all problems into one DataError."""
-    lines = np.arange(len(frame)) + 2  # CSV line numbers: the header is line 1
-    problems: list[str] = []
-
-    def bad(mask: np.ndarray, values: pd.Series, what: str, fix: str) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            items = [f"line {n} ({v!r})" for n, v in zip(lines[mask], values[mask])]
-            problems.append(f"{mask.sum()} row(s) {what}: {shorten_list(items)}. {fix}")
-
-    image = frame["Image file"].str.strip()
-    label = frame["Medium"].str.strip()
-    subset = frame["Subset"].str.strip()
-
-    bad(image.eq("").to_numpy(), image, "with an empty 'Image file'", "Give each row its image file name.")
-    ext_ok = image.str.lower().str.endswith(IMAGE_EXTENSIONS)
-    bad((~ext_ok & image.ne("")).to_numpy(), image, "with an unsupported image extension",
-        "Image files must end in .jpg, .jpeg or .png.")
-    bad(image.duplicated(keep=False).to_numpy() & image.ne("").to_numpy(), image, "naming the same image file",
-        "Each image must appear once; remove the duplicate rows.")
-    bad(~subset.isin(SUBSETS).to_numpy(), frame["Subset"], "with an unknown Subset",
-        f"Subset must be one of {', '.join(SUBSETS)}.")
-    bad(label.eq("").to_numpy(), frame["Medium"], "with an empty Medium (label)", "Give each row its class name.")
-    if classes is None:
-        classes = sorted(set(label) - {""})
-    else:
-        unknown = ~label.isin(classes).to_numpy() & label.ne("").to_numpy()
-        bad(unknown, frame["Medium"], f"with a Medium not listed in {labels_path}",
-            f"Use one of the listed classes ({shorten_list(classes, limit=5)}) or add it to {labels_path.name}.")
-
-    numbers = {}
-    for column in ("Width", "Height"):
-        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
-        bad(~(values > 0).to_numpy(), frame[column], f"with a missing, non-numeric or non-positive {column}",
-            f"{column} must be the image's size in pixels (a positive number).")
-        numbers[column] = values.astype(float)
-    if problems:
-        raise DataError(f"{csv_path}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
-
-    width, height = numbers["Width"], numbers["Height"]
-    # Derived columns are recomputed where absent, so hand-made CSVs may leave them empty.
-    product = pd.to_numeric(frame["Product size"].str.strip(), errors="coerce").fillna(width * height)
-    aspect = pd.to_numeric(frame["Aspect ratio"].str.strip(), errors="coerce").fillna((width / height).round(4))
-    index = {c: i for i, c in enumerate(classes)}
-    table = pd.DataFrame(
-        {
-            "image": image.to_numpy(),
-            "label": label.to_numpy(),
-            "label_index": label.map(index).astype("int64").to_numpy(),
-            "subset": subset.to_numpy(),
-            "museum": frame["Museum"].str.strip().to_numpy(),
-            "instance_id": frame["Museum-based instance ID"].str.strip().to_numpy(),
-            "width": width.to_numpy(),
-            "height": height.to_numpy(),
-            "product_size": product.astype(float).to_numpy(),
-            "aspect_ratio": aspect.astype(float).to_numpy(),
-        }
-    )
-    return table, list(classes)
-
-
-
-def _check_table_files(table: pd.DataFrame, csv_path: Path, image_root: Path) -> None:
-    """One DataError listing every missing and every bad image of a MAMe table."""
-    exists = np.array([os.path.isfile(p) for p in table["path"]], dtype=bool)
-    lines = np.arange(len(table)) + 2
-    sections = []
-    if not exists.all():
-        items = [f"line {n} ({img!r})" for n, img in zip(lines[~exists], table["image"][~exists])]
-        sections.append(
-            f"{(~exists).sum()} image file(s) missing from {image_root}: {shorten_list(items)}. "
-            "Put them there, pass images=/--images with the right folder, or remove those rows."
-        )
-    present = table.loc[exists, "path"].tolist()
-    bad = check_images(present)
-    if bad:
-        line_of = dict(zip(table["path"], lines))
-        items = [f"line {line_of[p]} ({os.path.relpath(p, image_root)!r}: {reason})" for p, reason in bad]
-        sections.append(f"{len(bad)} image file(s) unreadable or corrupt: {shorten_list(items)}. Replace or remove them.")
-    if sections:
-        raise DataError(f"{csv_path}: " + "\n  ".join(sections))
-
-
-
-def write_mame(dataset: Dataset, out: str | os.PathLike, *, copy_images: bool = False) -> Path:
-    """Write ``dataset`` in the MAMe layout: ``out/MAMe_metadata/{MAMe_dataset,MAMe_labels}.csv`` + ``out/data``.
-
-    ``out/data`` is a symlink to the source image folder, or a copy of the listed images with ``copy_images``.
-    The whole folder is written atomically; an earlier import at ``out`` is replaced, any other non-empty
-    folder is refused.
-    """
-    out = Path(os.path.abspath(out))
-    earlier_import = (out / "MAMe_metadata" / DATASET_CSV).is_file()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not earlier_import:
-        raise DataError(f"{out} exists and is not an earlier MAMe import; choose an empty or new --out folder.")
-    table = dataset.table
-    paths = [os.path.abspath(p) for p in table["path"]]
-    image_root = Path(os.path.abspath(dataset.image_root)) if dataset.image_root else None
-    if image_root is None or not all(_is_under(p, image_root) for p in paths):
-        image_root = Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
-    if _is_under(str(out), image_root):
-        raise DataError(f"--out {out} lies inside the image folder {image_root}; choose a folder outside it.")
-    rel = [Path(p).relative_to(image_root).as_posix() for p in paths]
-    frame = pd.DataFrame(
-        {
-            "Image file": rel,
-            "Medium": table["label"].to_numpy(),
-            "Museum": table["museum"].to_numpy(),
-            "Museum-based instance ID": table["instance_id"].to_numpy(),
-            "Subset": table["subset"].to_numpy(),
-            "Width": table["width"].astype(float).to_numpy(),
-            "Height": table["height"].astype(float).to_numpy(),
-            "Product size": table["product_size"].astype(float).to_numpy(),
-            "Aspect ratio": table["aspect_ratio"].astype(float).to_numpy(),
-        },
-        columns=COLUMNS,
-    )
-    with atomic_path(out) as tmp:
-        meta = tmp / "MAMe_metadata"
-        meta.mkdir(parents=True)
-        frame.to_csv(meta / DATASET_CSV, index=False)
-        with open(meta / LABELS_CSV, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(enumerate(dataset.classes))
-        if copy_images:
-            for src, name in zip(paths, rel):
-                dst = tmp / "data" / name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-        else:
-            os.symlink(image_root, tmp / "data", target_is_directory=True)
-    return out
-
-
-
-def _is_under(path: str, folder: Path) -> bool:
-    try:
-        return os.path.commonpath([path, str(folder)]) == str(folder)
-    except ValueError:  # different drives on Windows
-        return False
-

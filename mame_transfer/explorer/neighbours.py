@@ -1,4 +1,9 @@
-"""TODO docstring (explore -> explorer.neighbours)."""
+"""Nearest neighbours of a collection: exact cosine k-NN in blocks, precision@k, and the page's compact vectors.
+
+Neighbours are exact (L2-normalised embeddings, float32 matmul in blocks of query rows, top-k with a sampled
+threshold before the sort). :func:`project` and :func:`quantize` give the 64-d int8 vectors the page uses for
+similarity distributions; :func:`approx_error` measures what that approximation costs.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,7 @@ import pandas as pd
 from mame_transfer.core.errors import DataError
 
 BLOCK = 1024  # query rows per similarity block (BLOCK x N float32 scores in memory at once)
-
-
-
 PCA_DIM = 64
-
 
 
 def normalize(emb: np.ndarray) -> np.ndarray:
@@ -22,7 +23,6 @@ def normalize(emb: np.ndarray) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.where(norms > 0, norms, 1.0)
-
 
 
 def knn(unit: np.ndarray, k: int, *, block: int = BLOCK, sample: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,6 @@ def knn(unit: np.ndarray, k: int, *, block: int = BLOCK, sample: int = 4096) -> 
     return ids, scores
 
 
-
 def _top_k(sims: np.ndarray, k: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k per row, sorted. For wide rows, the k-th largest value of every ``stride``-th column is a
     lower bound of the row's k-th largest, so only values above it are sorted (about ``k * stride`` per row
@@ -72,7 +71,6 @@ def _top_k(sims: np.ndarray, k: int, sample: int) -> tuple[np.ndarray, np.ndarra
     rows, cols, vals = rows[order], cols[order], vals[order]
     take = np.searchsorted(rows, np.arange(b))[:, None] + np.arange(k)
     return cols[take], vals[take]
-
 
 
 def precision_at_k(labels: Sequence, ids: np.ndarray, ks: Sequence[int], classes: Sequence[str],
@@ -107,7 +105,6 @@ def precision_at_k(labels: Sequence, ids: np.ndarray, ks: Sequence[int], classes
     return table
 
 
-
 def project(unit: np.ndarray, dim: int = PCA_DIM, *, sample: int = 20000, seed: int = 0) -> np.ndarray:
     """Uncentred principal directions ``[d, dim]`` of unit rows (truncated SVD: keeps dot products best)."""
     d = unit.shape[1]
@@ -120,14 +117,12 @@ def project(unit: np.ndarray, dim: int = PCA_DIM, *, sample: int = 20000, seed: 
     return vecs[:, np.argsort(vals)[::-1][:dim]].astype(np.float32)
 
 
-
 def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int8 rows with one float32 scale each: ``x ~= q * scale[:, None]``."""
     peak = np.abs(x).max(axis=1)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
-
 
 
 def approx_error(unit: np.ndarray, q: np.ndarray, scale: np.ndarray, *, queries: int = 200,

@@ -1,4 +1,4 @@
-"""TODO docstring (explore -> explorer.serve)."""
+"""Serve a built explorer site on 127.0.0.1 (``explore --serve``, and the browser tests)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-
 def serve(site: str | os.PathLike, port: int = 8765) -> http.server.ThreadingHTTPServer:
     """An HTTP server for a built site, bound to 127.0.0.1 (call ``serve_forever`` or run it in a thread)."""
     site = Path(site)
@@ -25,7 +24,6 @@ def serve(site: str | os.PathLike, port: int = 8765) -> http.server.ThreadingHTT
         raise DataError(f"{site}/index.html does not exist: build the site first.")
     handler = functools.partial(_QuietHandler, directory=str(site))
     return http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), handler)
-
 
 
 @contextlib.contextmanager

@@ -1,4 +1,11 @@
-"""TODO docstring (explore -> explorer.site)."""
+"""The explorer's static site: thumbnails, data files loaded on demand, the page (``assets/explorer/``).
+
+All splits of a store form one collection. The page loads item metadata at start and neighbour / embedding chunks
+(``data/nbr/*.js``, ``data/emb/*.js``) on demand as ``<script>`` files, so it works from ``file://`` without a
+server. The similarity distribution is computed in the browser from embeddings projected on their top principal
+directions and quantised to int8 (:mod:`.neighbours`); the build measures how far those approximate cosines are
+from the exact ones and records it in the page.
+"""
 
 from __future__ import annotations
 
@@ -19,32 +26,26 @@ import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path, write_json
-from mame_transfer.explorer.neighbours import (BLOCK, PCA_DIM, approx_error, knn, normalize, precision_at_k, project,
-                                              quantize)
+from mame_transfer.explorer.neighbours import (
+    BLOCK,
+    PCA_DIM,
+    approx_error,
+    knn,
+    normalize,
+    precision_at_k,
+    project,
+    quantize,
+)
 
 ASSETS = ("index.html", "explorer.js", "explorer.css")
-
-
-
 CHUNK = 2048  # items per on-demand data file
-
-
-
 THUMB_SIZE = 112
-
-
-
 THUMBS_PER_DIR = 1000
-
-
-
 BUILD_FILE = "build.json"
-
 
 
 class ExplorerWarning(UserWarning):
     """The site was built, but some input was not usable (e.g. image files missing)."""
-
 
 
 @dataclass
@@ -73,7 +74,6 @@ class Site:
     reused: bool = False
 
 
-
 def collection(store) -> tuple[np.ndarray, pd.DataFrame]:
     """All splits of a store as one collection: ``(embeddings [N, d] float32, metadata with 'split')``."""
     embs, metas = [], []
@@ -93,12 +93,10 @@ def collection(store) -> tuple[np.ndarray, pd.DataFrame]:
     return emb, meta
 
 
-
 def _str_col(meta: pd.DataFrame, col: str, default: str = "") -> list[str]:
     if col not in meta.columns:
         return [default] * len(meta)
     return [default if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in meta[col]]
-
 
 
 def _codes(values: list[str]) -> tuple[list[int], list[str]]:
@@ -107,11 +105,9 @@ def _codes(values: list[str]) -> tuple[list[int], list[str]]:
     return [index[v] for v in values], names
 
 
-
 def thumb_rel(i: int) -> str:
     """Site-relative path of item ``i``'s thumbnail (numeric names: no metadata reaches a path)."""
     return f"thumbs/{i // THUMBS_PER_DIR:03d}/{i}.jpg"
-
 
 
 def _thumb(src: str, dst: Path, size: int) -> str | None:
@@ -128,7 +124,6 @@ def _thumb(src: str, dst: Path, size: int) -> str | None:
         return f"{src} ({type(exc).__name__}: {exc})" if not isinstance(exc, FileNotFoundError) else src
 
 
-
 def make_thumbnails(paths: Sequence[str], out: Path, size: int = THUMB_SIZE, workers: int = 4) -> list[int]:
     """Write ``out/thumbs/...`` for every readable image; returns the ids of items with no thumbnail."""
     for d in range((len(paths) + THUMBS_PER_DIR - 1) // THUMBS_PER_DIR):
@@ -141,7 +136,6 @@ def make_thumbnails(paths: Sequence[str], out: Path, size: int = THUMB_SIZE, wor
     return sorted(missing)
 
 
-
 def _js(key: str, value) -> str:
     """A data file: ``MAMEX.put(key, value)``; ``<``, ``>``, ``&`` escaped so no text can close a tag."""
     text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
@@ -149,16 +143,13 @@ def _js(key: str, value) -> str:
     return f"MAMEX.put({json.dumps(key)},{text});\n"
 
 
-
 def _b64(arr: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(arr, dtype=dtype).tobytes()).decode("ascii")
-
 
 
 def _write_js(path: Path, key: str, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_js(key, value), encoding="ascii")
-
 
 
 def _write_neighbours(data: Path, prefix: str, ids: np.ndarray, scores: np.ndarray, chunk: int) -> int:
@@ -172,7 +163,6 @@ def _write_neighbours(data: Path, prefix: str, ids: np.ndarray, scores: np.ndarr
     return (n + chunk - 1) // chunk
 
 
-
 def _quality_json(table: pd.DataFrame | None) -> dict | None:
     if table is None:
         return None
@@ -182,10 +172,8 @@ def _quality_json(table: pd.DataFrame | None) -> dict | None:
                      for name, row in table.iterrows()]}
 
 
-
 def _ks(k: int) -> list[int]:
     return sorted({kk for kk in (1, 5, 10) if kk < k} | {k})
-
 
 
 def _build_key(store, other, options: dict) -> str:
@@ -197,10 +185,8 @@ def _build_key(store, other, options: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-
 def _asset_text(name: str) -> str:
     return resources.files("mame_transfer").joinpath("assets", "explorer", name).read_text(encoding="utf-8")
-
 
 
 def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thumbnails: bool = True,
@@ -385,10 +371,8 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
     return Site(out, n, k, missing, quality, quality_cmp, approx, timings)
 
 
-
 def _store_name(store) -> str:
     return store.path.resolve().name
-
 
 
 def _manifest_summary(store) -> dict:

@@ -50,7 +50,6 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str
     return out
 
 
-
 def predictions_frame(table: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], top: int = 5) -> pd.DataFrame:
     """One row per image: file, true and predicted class, and the top-k classes with their probabilities."""
     classes = np.asarray(classes)
@@ -68,7 +67,6 @@ def predictions_frame(table: pd.DataFrame, proba: np.ndarray, classes: Sequence[
     return df
 
 
-
 def classification_report_text(metrics: dict, split: str) -> str:
     rows = [f"{'class':<28}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, m in metrics["per_class"].items():
@@ -78,7 +76,6 @@ def classification_report_text(metrics: dict, split: str) -> str:
                 f"top-5 {metrics['top5']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
                 f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
     return "\n".join(rows) + "\n"
-
 
 
 def write_split_artifacts(run_dir: Path, split: str, table: pd.DataFrame, proba: np.ndarray,
@@ -98,7 +95,6 @@ def write_split_artifacts(run_dir: Path, split: str, table: pd.DataFrame, proba:
         write_text(run_dir / f"classification_report{suffix}.txt", report)
         plots.save(fig, run_dir / f"confusion_matrix{suffix}.png")
     return metrics
-
 
 
 def align_to_classes(table: pd.DataFrame, classes: Sequence[str], source: str) -> pd.DataFrame:

@@ -13,7 +13,6 @@ def prediction_options(config) -> dict:
     return {"shape": config.shape, "pixels": config.pixels}
 
 
-
 def predict_proba(model, table: pd.DataFrame, *, arch: str, image_size: int, batch_size: int = 32,
                   verbose: int = 0, shape: str = "fixed", pixels: int = 65536, tta: str = "none",
                   patch_scales: str = "1.0,0.7,0.5", patch_power: float = 5.0) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""TODO docstring (features -> store.export)."""
+"""Exporting a feature store: embeddings of a registry backbone or a finished run, streamed and resumable.
+
+Export streams batch by batch into preallocated ``.npy`` memory maps inside ``<out>.partial/``; a progress file is
+rewritten after every flushed batch, so rerunning an interrupted export resumes at the first missing row. The store
+is renamed to ``<out>`` only when complete. Augmentation is always off (``jitter`` averages fixed views instead).
+"""
 
 from __future__ import annotations
 
@@ -81,14 +86,12 @@ def embedding_model(*, arch: str | None = None, alpha: float = 1.0, weights: str
     return feat, info
 
 
-
 def imagenet_top_model(arch: str, alpha: float = 1.0):
     """The backbone with its ImageNet classifier (1000-way softmax) at the default size."""
     from mame_transfer.models import backbones
 
     spec = backbones.get(arch)
     return spec.build(weights="imagenet", include_top=True, alpha=alpha), spec.default_size
-
 
 
 def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_size: int, preprocess,
@@ -104,7 +107,7 @@ def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_
         return
     rest = table.iloc[start:].reset_index(drop=True)
     pipe = make_pipeline(rest, image_size=image_size, preprocess=preprocess, batch_size=batch_size,
-                              training=False, augment=False, shuffle=False, with_labels=False)
+                         training=False, augment=False, shuffle=False, with_labels=False)
     import tensorflow as tf
 
     # One graph, traced once for any batch size (an eager call runs layer by layer; an unconstrained
@@ -129,13 +132,11 @@ def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_
         raise DataError(f"export of {desc} produced {row} rows for {len(table)} images")
 
 
-
 def _progress(total: int, initial: int, desc: str, verbose: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not verbose, leave=verbose > 0,
                 file=sys.stderr)
-
 
 
 def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: float = 1.0,
@@ -216,7 +217,6 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         shutil.rmtree(out)
     os.replace(work, out)
     return load_store(out)
-
 
 
 def _open_progress(work: Path, manifest: dict) -> dict:

@@ -1,4 +1,4 @@
-"""TODO docstring (features -> store.projector)."""
+"""TensorBoard Embedding Projector files of one split of a store (``features projector``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,14 @@
-"""TODO docstring (features -> store.store)."""
+"""The feature store format, read by ``classify``, ``analyze`` and ``explore``::
+
+    <store>/manifest.json              format, arch, alpha, weights, run, layer, image_size, preprocessing, ...
+    <store>/<split>/embeddings.npy     float32 [n, dim]
+    <store>/<split>/metadata.csv       image, path, label, label_index, subset, museum, width, height,
+                                       product_size, aspect_ratio (row i <-> embeddings row i)
+    <store>/<split>/imagenet_probs.npy float32 [n, 1000] (optional feature set)
+
+:func:`load_store` validates every file against the manifest; :func:`write_store` writes a complete store from
+arrays in memory (:mod:`.export` streams instead).
+"""
 
 from __future__ import annotations
 
@@ -17,35 +27,15 @@ from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, atomic_path
 
 FORMAT = "mame_transfer.features/1"
-
-
-
 MANIFEST = "manifest.json"
-
-
-
 PROGRESS = "progress.json"
-
-
-
-
-
-
 EMBEDDINGS = "embeddings"
-
-
-
 IMAGENET_PROBS = "imagenet_probs"
-
-
 
 METADATA_COLUMNS = ["image", "path", "label", "label_index", "subset", "museum", "width", "height",
                     "product_size", "aspect_ratio"]
 
-
-
 SPLITS = ("train", "val", "test")
-
 
 
 @dataclass
@@ -142,7 +132,6 @@ class FeatureStore:
         return self
 
 
-
 def _expected_dim(manifest: dict) -> int | None:
     """Embedding size implied by arch/alpha/layer for registry backbones at their pooled feature layer."""
     from mame_transfer.models import backbones
@@ -158,7 +147,6 @@ def _expected_dim(manifest: dict) -> int | None:
     return None
 
 
-
 def _read_metadata(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path} is missing.")
@@ -167,7 +155,6 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path} lacks the column(s) {missing}; expected {METADATA_COLUMNS}.")
     return df
-
 
 
 def load_store(path: str | os.PathLike, *, validate: bool = True) -> FeatureStore:
@@ -197,12 +184,10 @@ def load_store(path: str | os.PathLike, *, validate: bool = True) -> FeatureStor
     return store.validate() if validate else store
 
 
-
 def metadata_frame(table: pd.DataFrame) -> pd.DataFrame:
     """The metadata columns of a dataset table, in store order (missing columns filled with NaN)."""
     out = pd.DataFrame({c: table[c].to_numpy() if c in table.columns else np.nan for c in METADATA_COLUMNS})
     return out.reset_index(drop=True)
-
 
 
 def _finish_manifest(manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
@@ -216,7 +201,6 @@ def _finish_manifest(manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, p
     man.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     man.setdefault("package_version", _version())
     return man
-
 
 
 def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
@@ -263,12 +247,10 @@ def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[st
     return load_store(out)
 
 
-
 def _version() -> str:
     from mame_transfer import __version__
 
     return __version__
-
 
 
 def input_hash(table: pd.DataFrame) -> str:

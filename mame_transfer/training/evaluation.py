@@ -16,7 +16,11 @@ import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import markdown_table, write_json, write_text
-from mame_transfer.inference.metrics import align_to_classes, compute_metrics, write_split_artifacts
+from mame_transfer.inference.metrics import (
+    align_to_classes,
+    compute_metrics,
+    write_split_artifacts,
+)
 from mame_transfer.inference.predict import predict_proba, prediction_options
 from mame_transfer.training import runs
 

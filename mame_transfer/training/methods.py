@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 from mame_transfer.core.errors import ConfigError
 from mame_transfer.models import backbones
+from mame_transfer.training import runs
 
 log = logging.getLogger("mame_transfer")
-
 HEAD_GROUP = "head"
 
 
@@ -203,10 +203,9 @@ def init_from_run(model, run_dir: str | Path, *, arch: str, alpha: float = 1.0) 
             weights do not fit.
     """
     from mame_transfer.models.build import is_head_layer
-    from mame_transfer.training.runs import load_run
 
     run_dir = Path(run_dir)
-    source, src_config, classes = load_run(run_dir)
+    source, src_config, classes = runs.load_run(run_dir)
     if backbones.get(src_config.arch).name != backbones.get(arch).name or \
             (backbones.get(arch).accepts_alpha and float(src_config.alpha) != float(alpha)):
         raise ConfigError(f"--init-from {run_dir}: that run is arch={src_config.arch} alpha={src_config.alpha}; this "
@@ -235,9 +234,9 @@ def init_from_run(model, run_dir: str | Path, *, arch: str, alpha: float = 1.0) 
 def check_config(config) -> None:
     """Cross-field checks of the method options on a resolved :class:`~mame_transfer.core.config.TrainConfig`."""
     spec = backbones.get(config.arch)
-    if getattr(config, "block_lr", None):
+    if config.block_lr:
         parse_block_lr(config.block_lr, spec.block_names)
-    reinit = getattr(config, "reinit_until", "none")
+    reinit = config.reinit_until
     if reinit and str(reinit).lower() != "none":
         reinit_blocks = blocks_until(config.arch, reinit)
         freeze = str(config.freeze_until).lower()
@@ -245,9 +244,11 @@ def check_config(config) -> None:
                                >= spec.block_names.index(reinit_blocks[-1])):
             raise ConfigError(f"--reinit-until {reinit} re-initialises blocks that --freeze-until {config.freeze_until} "
                               f"keeps frozen: they would stay random. Freeze fewer blocks (e.g. --freeze-until none).")
-    init_from = getattr(config, "init_from", None)
-    if init_from and not (Path(init_from) / "model.keras").is_file():
-        raise ConfigError(f"--init-from {init_from}: not a finished run directory (model.keras is missing)")
-    if getattr(config, "keep_top", False) and "fc1" not in spec.top_layers:
+    if config.init_from:
+        try:
+            runs.check_finished(config.init_from)
+        except ConfigError as exc:
+            raise ConfigError(f"--init-from {config.init_from}: {exc}") from None
+    if config.keep_top and "fc1" not in spec.top_layers:
         raise ConfigError(f"--keep-top keeps the ImageNet FC6/FC7 layers (fc1, fc2) of VGG; {config.arch} has none. "
                           f"Use --arch vgg16 or vgg19.")

@@ -35,7 +35,6 @@ from mame_transfer.core.fileio import write_json
 from mame_transfer.training.runs import PREFIX_CACHE_DIR
 
 log = logging.getLogger("mame_transfer")
-
 MODES = ("auto", "off", "memory", "disk")
 DTYPES = ("float32", "float16")
 # auto: keep the cache in memory when it needs at most this fraction of the available RAM, else on disk.
@@ -384,8 +383,8 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
 
     def images(table, aug):
         return lambda k=0: make_pipeline(table, image_size=image_size, preprocess=preprocess,
-                                              batch_size=batch_size, training=False, shuffle=False, augment=aug,
-                                              seed=seed + 7919 * k, with_labels=False)
+                                         batch_size=batch_size, training=False, shuffle=False, augment=aug,
+                                         seed=seed + 7919 * k, with_labels=False)
 
     folder = Path(cache_dir) / PREFIX_CACHE_DIR if disk else None
     train_key = dict(base, split="train", n=len(train_table), copies=plan.copies, augment=augment, seed=seed,

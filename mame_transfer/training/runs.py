@@ -56,7 +56,7 @@ def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), 
         check_images: override ``config.check_images`` (readers of a finished run skip the image check).
     """
     from mame_transfer.datasets import demo
-    from mame_transfer.datasets.tables import load_dataset
+    from mame_transfer.datasets.layouts import load_dataset
 
     if config.demo:
         path = demo.ensure_demo()

@@ -23,7 +23,6 @@ from mame_transfer.core.errors import ConfigError
 from mame_transfer.tuning.space import SearchSpec, declare, trial_config
 
 log = logging.getLogger("mame_transfer")
-
 CACHED, FULL = "cached-features", "full-network"
 TRIAL_INFO = "mame_trial.json"
 
@@ -149,7 +148,11 @@ def make_hypermodel(spec: SearchSpec, search_data: SearchData, overrides: dict):
     """
     import keras_tuner as kt
 
-    from mame_transfer.training.compile import class_weights, compile_model, schedule_callbacks
+    from mame_transfer.training.compile import (
+        class_weights,
+        compile_model,
+        schedule_callbacks,
+    )
 
     class MameHyperModel(kt.HyperModel):
         def __init__(self):

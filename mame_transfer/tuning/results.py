@@ -1,4 +1,4 @@
-"""TODO docstring (tune -> tuning.results)."""
+"""What a finished search writes: ``trials.csv`` / ``trials.md``, two plots, ``best.yaml`` and ``search.json``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import numpy as np
 
 from mame_transfer.core import config as cfg
 from mame_transfer.core.fileio import markdown_table, write_json, write_text
-from mame_transfer.tuning.hypermodel import SearchData, TRIAL_INFO
+from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData
 from mame_transfer.tuning.space import SEARCHABLE, SearchSpec, TuneError, trial_config
 
 PROJECT = "kt"  # KerasTuner's project folder inside the tuning folder
-
 
 
 def trials_table(oracle, folder: Path, spec: SearchSpec):
@@ -50,7 +49,6 @@ def trials_table(oracle, folder: Path, spec: SearchSpec):
     return pd.DataFrame(rows)
 
 
-
 def score_per_trial_figure(table, objective: str):
     """Score of each trial in run order, with the running best."""
     from matplotlib.figure import Figure
@@ -69,7 +67,6 @@ def score_per_trial_figure(table, objective: str):
     return fig
 
 
-
 def score_vs_lr_figure(table, objective: str):
     """Score against learning rate (log axis)."""
     from matplotlib.figure import Figure
@@ -84,7 +81,6 @@ def score_vs_lr_figure(table, objective: str):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
 
 
 def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overrides: dict) -> dict:

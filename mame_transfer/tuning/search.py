@@ -1,4 +1,10 @@
-"""TODO docstring (tune -> tuning.search)."""
+"""Running a search: the KerasTuner tuner with the package's trial logic, the chief/worker engine, resume.
+
+The tuner turns any trial exception into a FAILED trial (counted by ``max_consecutive_failed_trials``), records
+per trial who ran it and on which route, keeps only the best trial's weights, and never imports TensorBoard.
+Distributed search is KerasTuner's own: ``KERASTUNER_TUNER_ID=chief`` serves the oracle (:func:`serve_chief`,
+with a short poll), ``tuner<i>`` processes run trials, all sharing the tuning folder.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,6 @@ SEARCH_FILE = "search.yaml"  # the spec and overrides of a search, written into 
 def _worker_index(tuner_id: str) -> int:
     match = re.search(r"(\d+)$", tuner_id)
     return int(match.group(1)) if match else -1
-
 
 
 def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: bool = False, overrides=None):
@@ -108,7 +113,6 @@ def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: b
     return MameTuner(hm, max_trials=t.max_trials, **kwargs)
 
 
-
 def serve_chief(oracle, poll_s: float = 0.5) -> None:
     """KerasTuner's chief gRPC server (its ``OracleServicer``), stopping within ``poll_s`` of the last trial.
 
@@ -136,7 +140,6 @@ def serve_chief(oracle, poll_s: float = 0.5) -> None:
         server.stop(grace=2)
 
 
-
 def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False, verbose: int = 1,
                **overrides) -> dict | None:
     """Run (or continue) a search in ``folder``; returns the summary (None on a distributed worker)."""
@@ -162,7 +165,6 @@ def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False,
     if dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle():
         return None  # the chief writes the merged results
     return write_results(tuner, spec, data, folder, overrides)
-
 
 
 def _yaml(obj) -> str:

@@ -1,4 +1,9 @@
-"""TODO docstring (tune -> tuning.space)."""
+"""A search YAML: ``base`` (fixed TrainConfig options), ``tuner`` (algorithm, objective, budget) and ``space``.
+
+Every searched option's default is the untuned ``TrainConfig`` default (so a search's first trial is the plain
+run); :func:`declare` states the space on a KerasTuner ``HyperParameters`` and :func:`trial_config` turns the values
+a trial drew into the TrainConfig it trains with.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +18,13 @@ from mame_transfer.core.config import TrainConfig
 from mame_transfer.core.errors import ConfigError, MameTransferError
 
 ALGORITHMS = ("random", "hyperband", "bayesian")
-
-
-
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
-
-
-
 SEARCHABLE = ("lr", "l2", "dropout", "head", "freeze_until", "optimizer", "batch_size")
-
-
-
 REQUIRED_SPACE = ("lr", "l2", "dropout")
-
 
 
 class TuneError(MameTransferError, RuntimeError):
     """The search could not produce a trustworthy result (failed trials, nothing completed)."""
-
 
 
 @dataclass
@@ -60,7 +54,6 @@ class TunerSettings:
         return self
 
 
-
 @dataclass
 class SearchSpec:
     """A whole search: name, fixed TrainConfig options, tuner settings and the searched space."""
@@ -80,7 +73,6 @@ class SearchSpec:
                 "space": copy.deepcopy(self.space)}
 
 
-
 def load_spec(path: str | Path) -> SearchSpec:
     """Read and check a search YAML (``name``, ``base``, ``tuner``, ``space``)."""
     path = Path(path)
@@ -89,7 +81,6 @@ def load_spec(path: str | Path) -> SearchSpec:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; expected name, base, tuner, space")
     return spec_from_dict(raw, source=str(path), default_name=path.stem)
-
 
 
 def spec_from_dict(raw: dict, *, source: str = "search config", default_name: str = "search") -> SearchSpec:
@@ -114,16 +105,14 @@ def spec_from_dict(raw: dict, *, source: str = "search config", default_name: st
     return SearchSpec(str(raw.get("name") or default_name), base, tuner, space, source)
 
 
-
 def default_of(key: str, base: dict | None = None) -> Any:
     """The untuned default of a searched option: the TrainConfig default (``freeze_until`` auto -> registry)."""
     value = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[key]
-    if key == "freeze_until" and value == "auto" and base is not None:
+    if key == "freeze_until" and base is not None:
         from mame_transfer.models import backbones
 
-        value = backbones.get(base.get("arch", TrainConfig.arch)).default_freeze
+        value = backbones.get(base.get("arch", TrainConfig.arch)).resolve_freeze(value)
     return value
-
 
 
 def _check_entry(key: str, entry: dict, source: str) -> None:
@@ -151,7 +140,6 @@ def _check_entry(key: str, entry: dict, source: str) -> None:
         raise ConfigError(f"{source}: space.{key}: log sampling needs min > 0. Received: min={lo}")
 
 
-
 def declare(hp, spec: SearchSpec) -> dict[str, Any]:
     """Declare the space on ``hp`` (defaults = untuned TrainConfig defaults); returns the chosen values."""
     values = {}
@@ -173,7 +161,6 @@ def declare(hp, spec: SearchSpec) -> dict[str, Any]:
             values[key] = hp.Float(key, lo, hi, step=float(step) if step else None,
                                    sampling=entry.get("sampling", "linear"), default=default)
     return values
-
 
 
 def trial_config(spec: SearchSpec, values: dict, **overrides) -> TrainConfig:
