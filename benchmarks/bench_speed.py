@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,87 +35,10 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CLASSES = ("Oil on canvas", "Etching", "Ceramic")
-COLUMNS = ["Image file", "Medium", "Museum", "Museum-based instance ID", "Subset", "Width", "Height",
-           "Product size", "Aspect ratio"]
-
-
-# --------------------------------------------------------------------------------------------- data sets
-
-
-GRAIN = 24  # amplitude of the per-pixel grain (more grain = larger files, costlier entropy decoding)
-
-
-def _texture(rng, h, w):
-    """A photo-like image: smooth colour fields plus fine grain (so JPEG decoding costs what real images do)."""
-    from PIL import Image
-
-    low = rng.uniform(0, 255, (max(2, h // 64), max(2, w // 64), 3)).astype(np.uint8)
-    base = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), np.int16)
-    grain = rng.integers(-GRAIN, GRAIN + 1, (h, w, 1), dtype=np.int16)
-    return np.clip(base + grain, 0, 255).astype(np.uint8)
-
-
-def _set_grain(value: int) -> None:
-    global GRAIN
-    GRAIN = int(value)
-
-
-def _write_one(args):
-    from PIL import Image
-
-    global GRAIN
-    path, h, w, seed, GRAIN = args
-    rng = np.random.default_rng(seed)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_texture(rng, h, w)).save(path, quality=90)
-    return path
-
-
-def make_mame(root: Path, n: int, *, sizes=(256, 256), seed: int = 0, workers: int = 2) -> Path:
-    """A MAMe layout of ``n`` train images (+ 3 val) whose image folder is also class-per-folder.
-
-    ``data_256/<class>/<file>.jpg`` serves both ``load_dataset`` (via the CSV) and
-    ``image_dataset_from_directory`` (via the class folders).
-    """
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    rows, jobs = [], []
-    for i in range(n + len(CLASSES)):
-        label = CLASSES[i % len(CLASSES)]
-        h, w = (int(rng.integers(sizes[0], sizes[1] + 1)) for _ in range(2))
-        name = f"{label.replace(' ', '_')}/img{i:05d}.jpg"
-        jobs.append((str(root / "data_256" / name), h, w, seed * 100000 + i, GRAIN))
-        subset = "train" if i < n else "val"
-        rows.append([name, label, "Metropolitan Museum of Art", f"B.{i}", subset, w, h, w * h, round(w / h, 4)])
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_write_one, jobs, chunksize=8))
-    (root / "MAMe_metadata").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "MAMe_metadata" / "MAMe_dataset.csv", index=False)
-    return root
-
-
-def image_folder_train(root: Path, n: int) -> Path:
-    """Class folders holding only the train images (symlinks), for ``image_dataset_from_directory``."""
-    import pandas as pd
-
-    table = pd.read_csv(root / "MAMe_metadata" / "MAMe_dataset.csv")
-    folder = root / "folders_train"
-    for name in table[table["Subset"] == "train"]["Image file"]:
-        dst = folder / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            os.symlink(root / "data_256" / name, dst)
-    return folder
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def med(values):
-    return statistics.median(values)
+import common  # noqa: E402  (benchmarks/common.py, beside this script)
+from common import CLASSES, image_folder_train, machine, make_mame, med  # noqa: E402
 
 
 class EpochTimer:
@@ -350,7 +270,7 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
     make_mame(src, n, sizes=(2000, 3000), workers=workers)
     gen = time.perf_counter() - t0
     sizes = [p.stat().st_size for p in (src / "data_256").rglob("*.jpg")]
-    print(f"generated {n + len(CLASSES)} JPEGs of 2000-3000 px (grain {GRAIN}, median file "
+    print(f"generated {n + len(CLASSES)} JPEGs of 2000-3000 px (grain {common.GRAIN}, median file "
           f"{np.median(sizes) / 2**20:.2f} MiB) in {gen:.0f} s (not measured)", flush=True)
     times = {"draft": [], "full": []}
     for r in range(rounds):
@@ -381,7 +301,7 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
                full_img_s=count / med(times["full"]), speedup=med(times["full"]) / med(times["draft"]),
                tfdata_images=len(table), tfdata_ratio_img_s=len(table) / med(tf_times["ratio"]),
                tfdata_plain_img_s=len(table) / med(tf_times["plain"]),
-               tfdata_speedup=med(tf_times["plain"]) / med(tf_times["ratio"]), generation_s=gen, grain=GRAIN,
+               tfdata_speedup=med(tf_times["plain"]) / med(tf_times["ratio"]), generation_s=gen, grain=common.GRAIN,
                median_file_mib=float(np.median(sizes) / 2**20),
                times=times, tf_times=tf_times)
     print(json.dumps(res), flush=True)
@@ -389,24 +309,6 @@ def bench_prepare(n: int, rounds: int, workers: int, tfdata_n: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- report
-
-
-def machine() -> dict:
-    import keras
-    import PIL
-    import tensorflow as tf
-
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(nproc=os.cpu_count(), cpu=cpu, python=platform.python_version(), tensorflow=tf.__version__,
-                keras=keras.__version__, pillow=PIL.__version__, numpy=np.__version__,
-                gpus=len(tf.config.list_physical_devices("GPU")))
 
 
 def report(res: dict, argv: list[str]) -> str:
@@ -442,7 +344,7 @@ def report(res: dict, argv: list[str]) -> str:
     if "rss" in res:
         r = res["rss"]
         lines += [f"### Peak RSS of `features.export` ({r['arch']}, fresh process each)", "",
-                  f"| N | peak RSS MiB |", "|---|---|", f"| {r['n']} | {r['rss_n_mib']:.0f} |",
+                  "| N | peak RSS MiB |", "|---|---|", f"| {r['n']} | {r['rss_n_mib']:.0f} |",
                   f"| {4 * r['n']} | {r['rss_4n_mib']:.0f} |", "",
                   f"Ratio 4N / N: **{r['ratio']:.3f}**", ""]
     if "prepare" in res:
@@ -472,13 +374,13 @@ def main(argv=None) -> int:
     ap.add_argument("--prepare-n", type=int, default=2000)
     ap.add_argument("--tfdata-n", type=int, default=128)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--grain", type=int, default=GRAIN, help="grain amplitude of the generated JPEGs")
+    ap.add_argument("--grain", type=int, default=common.GRAIN, help="grain amplitude of the generated JPEGs")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    _set_grain(args.grain)
+    common.set_grain(args.grain)
     if args.rss_child is not None:
         rss_child(args.root, args.rss_child, args.export_arch)
         return 0

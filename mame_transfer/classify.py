@@ -5,7 +5,7 @@ Every classifier is a ``Pipeline(StandardScaler, estimator)`` whose hyperparamet
 
 * ``embeddings``: the store's vectors (Razavian et al. 2014, "CNN features off-the-shelf");
 * ``embeddings+metadata``: plus width, height, product size (log), aspect ratio and museum one-hot
-  (:func:`mame_transfer.data.metadata_features`);
+  (:func:`mame_transfer.classifiers.inputs.metadata_features`);
 * ``embeddings+metadata+umap``: plus ``--umap-components`` UMAP coordinates of the embeddings, UMAP fitted on
   train and applied to val/test;
 * ``metadata``: the metadata columns alone.

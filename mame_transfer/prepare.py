@@ -14,7 +14,7 @@ Output geometry:
   MAMe baselines;
 * ``--keep-aspect``: the **shorter** side becomes ``size`` and the aspect ratio is kept (crop or pad later).
 
-The output is a MAMe layout that :func:`mame_transfer.data.load_dataset` reads: the metadata CSVs are copied
+The output is a MAMe layout that :func:`mame_transfer.datasets.load_dataset` reads: the metadata CSVs are copied
 unchanged (same rows, original ``Width``/``Height``), the images go to ``<out>/data_256/`` for ``--size 256`` and
 ``<out>/data/`` otherwise, under the same relative names. Images are resized in a process pool with a progress
 bar; each output is written to a temporary file and renamed, so an interrupted run is resumed by running the

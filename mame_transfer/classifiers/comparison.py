@@ -62,7 +62,7 @@ class Source:
 
 
 def source_from_store(store, feature_set: str = "embeddings") -> Source:
-    """Read a feature store (path or :class:`~mame_transfer.features.FeatureStore`) into memory."""
+    """Read a feature store (path or :class:`~mame_transfer.store.store.FeatureStore`) into memory."""
     from mame_transfer.store.store import MANIFEST, FeatureStore, load_store
 
     store = store if isinstance(store, FeatureStore) else load_store(store)
@@ -77,7 +77,7 @@ def source_from_store(store, feature_set: str = "embeddings") -> Source:
 
 
 def source_from_dataset(dataset) -> Source:
-    """Metadata only (no images needed): a :class:`mame_transfer.data.Dataset`."""
+    """Metadata only (no images needed): a :class:`mame_transfer.datasets.tables.Dataset`."""
     meta = {s: dataset.split(s) for s in dataset.subsets}
     return Source(list(dataset.classes), {s: None for s in meta}, meta, f"metadata of {dataset.source}")
 

@@ -75,7 +75,7 @@ class TrainConfig:
     mixed_precision: str = _f("none", "Keras dtype policy (GPU: mixed_float16; TPU/recent CPU: mixed_bfloat16); "
                               "the softmax stays float32", ("none", "mixed_float16", "mixed_bfloat16"))
     jit_compile: bool = _f(False, "compile train/predict steps with XLA")
-    # --- transfer methods (see mame_transfer.methods, tta, varshape)
+    # --- transfer methods (see mame_transfer.training.methods, inference.tta, datasets.varshape)
     reinit_until: str = _f("none", "re-initialise this block and every earlier one (Lagunas & Garces 2018)")
     block_lr: str | None = _f(None, "per-block learning rates, e.g. 'block1-block3:1e-2,block4-block5:1e-4,head:1e-2'")
     init_from: str | None = _f(None, "start from the backbone of this finished run, new head (double fine-tuning)")

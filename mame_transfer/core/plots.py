@@ -52,6 +52,18 @@ def confusion_matrix_figure(
     return fig
 
 
+def label_axes(ax, xlabel: str, ylabel: str, *, title: str = "", grid: bool = True, legend: bool = False) -> None:
+    """The finishing touches every line or scatter plot of the package shares: labels, light grid, legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if grid:
+        ax.grid(alpha=0.3)
+    if legend:
+        ax.legend()
+
+
 def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
     """Loss and accuracy per epoch, train vs val, from a DataFrame or dict of lists (Keras history keys)."""
     import pandas as pd
@@ -67,10 +79,7 @@ def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
                 ax.plot(epochs, df[key], style, ms=3, label="val" if prefix else "train")
         if warmup_epochs:
             ax.axvline(warmup_epochs + 0.5, color="grey", ls="--", lw=1, label="unfreeze")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        label_axes(ax, "epoch", label, legend=True)
     fig.tight_layout()
     return fig
 

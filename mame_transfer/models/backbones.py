@@ -7,7 +7,7 @@ on the architecture name: it asks the registry.
 
 ImageNet weights go through Keras's own download cache (``$KERAS_HOME/models``, default ``~/.keras/models``).
 When the file is not cached and the download host cannot be reached, :func:`resolve_weights` raises a
-:class:`~mame_transfer.errors.WeightsError` within seconds, naming the file and the folder to put it in.
+:class:`~mame_transfer.core.errors.WeightsError` within seconds, naming the file and the folder to put it in.
 """
 
 from __future__ import annotations

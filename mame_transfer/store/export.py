@@ -151,7 +151,7 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
 
     Args:
         out: store folder.
-        dataset: a :class:`mame_transfer.data.Dataset`.
+        dataset: a :class:`mame_transfer.datasets.tables.Dataset`.
         arch, alpha, weights, image_size: registry backbone (ignored with ``run``).
         run: finished run directory whose model to use.
         layer: layer to export (pooled when spatial); default see :func:`embedding_model`.

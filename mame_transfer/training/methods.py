@@ -10,8 +10,8 @@
   saved_models/<run>`` copies the backbone weights of a finished run; the head is always new (the label set
   may differ).
 
-Multi-patch scoring and flip test-time augmentation live in :mod:`mame_transfer.tta`, the variable-shape
-pipeline in :mod:`mame_transfer.varshape`, ensembles in :mod:`mame_transfer.ensemble`.
+Multi-patch scoring and flip test-time augmentation live in :mod:`mame_transfer.inference.tta`, the variable-shape
+pipeline in :mod:`mame_transfer.datasets.varshape`, ensembles in :mod:`mame_transfer.training.evaluation`.
 """
 
 from __future__ import annotations

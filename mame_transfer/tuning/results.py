@@ -53,16 +53,15 @@ def score_per_trial_figure(table, objective: str):
     """Score of each trial in run order, with the running best."""
     from matplotlib.figure import Figure
 
+    from mame_transfer.core.plots import label_axes
+
     fig = Figure(figsize=(7, 3.5))
     ax = fig.add_subplot()
     done = table[table["score"].notna()]
     x = np.arange(1, len(done) + 1)
     ax.plot(x, done["score"], "o", label="trial")
     ax.plot(x, np.maximum.accumulate(done["score"].to_numpy(dtype=float)), "-", label="best so far")
-    ax.set_xlabel("trial (in id order)")
-    ax.set_ylabel(objective)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    label_axes(ax, "trial (in id order)", objective, legend=True)
     fig.tight_layout()
     return fig
 
@@ -71,14 +70,14 @@ def score_vs_lr_figure(table, objective: str):
     """Score against learning rate (log axis)."""
     from matplotlib.figure import Figure
 
+    from mame_transfer.core.plots import label_axes
+
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     done = table[table["score"].notna()]
     ax.scatter(done["lr"], done["score"], c="#4477aa")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(objective)
-    ax.grid(alpha=0.3)
+    label_axes(ax, "learning rate", objective)
     fig.tight_layout()
     return fig
 
