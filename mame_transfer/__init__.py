@@ -1,3 +1,5 @@
 """mame_transfer: transfer learning on artwork images (MAMe and class-per-folder sets), Keras 3 + TensorFlow."""
 
-__version__ = "0.1.0"
+from mame_transfer.core import __version__
+
+__all__ = ["__version__"]

@@ -79,3 +79,11 @@ def tiny_run(demo_root, tmp_path_factory) -> Path:
                           "--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--out", str(out), "--verbose", "0"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def two_class_set(tmp_path_factory) -> Path:
+    """Two separable classes ('dark', 'light'), 6 train + 4 val 24 px JPEGs each, class-per-folder (read-only)."""
+    from tiny_sets import two_class_folders
+
+    return two_class_folders(tmp_path_factory.mktemp("two_class"))

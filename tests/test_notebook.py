@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from file_checks import png_size, read_json
+
+from mame_transfer.classifiers.estimators import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "classifier_comparison.ipynb"
@@ -43,6 +46,12 @@ def test_notebook_runs(tmp_path, monkeypatch, demo_root):
     assert len(table) == 9 and set(table.classifier) == {"linear_svc", "logreg", "knn"}
     assert (results / "best_model.skops").is_file() and (results / "accuracy.png").is_file()
     assert (tmp_path / "out" / "demo_features" / "manifest.json").is_file()
+    png_size(results / "accuracy.png")
+    best = read_json(results / "best_model.json", ["classifier", "feature_set", "classes"])
+    assert best["classifier"] in {"linear_svc", "logreg", "knn"} and len(best["classes"]) == 6
+    assert hasattr(load_pipeline(results / "best_model.skops"), "predict")
+    manifest = read_json(tmp_path / "out" / "demo_features" / "manifest.json", ["format", "arch", "splits", "classes"])
+    assert manifest["classes"] == best["classes"] and set(manifest["splits"]) >= {"train", "val"}
     # the displayed outputs are there: the table (HTML) and the two figures (PNG)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any("text/html" in o.get("data", {}) for o in outputs)

@@ -9,11 +9,13 @@ averaged over minibatches, so memory does not grow with the dataset.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
 
 
@@ -221,3 +223,77 @@ def kernel_distance_figure(rows: Sequence[dict], *, relative: bool = False,
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
+
+
+def run_cka(*, a, b, data: str | None = None, toy: bool = False, split: str = "train", per_class: int | None = 0,
+            batch_size: int = 32, seed: int = 0, image_size: int | None = None, layers: Sequence[str] | None = None,
+            layer_pattern: str | None = None, matrix: bool = False, out: str | Path | None = None) -> AnalysisResult:
+    """Linear CKA per layer and conv kernel distances between two models, written as figures, CSV and JSON.
+
+    Files in ``out`` (default ``<run>/analysis/cka`` of ``b``, else of ``a``): ``cka.json`` (every number),
+    ``cka.csv`` and ``cka_curve.png`` (matching layers), ``cka_matrix.png`` (with ``matrix``),
+    ``kernel_distance.csv`` and ``kernel_distance.png`` (when the models share conv layers).
+
+    Args:
+        a, b: model specs (``imagenet:ARCH``, ``random:ARCH``, a run directory) or loaded ModelSources.
+        data, toy, split: the images (default: the dataset of run ``b`` or ``a``).
+        per_class: images sampled per class (0: all).
+        batch_size: images per minibatch of the CKA estimator.
+        seed: seed of the sample and of random initialisations.
+        image_size: input side of bare backbones (default: the run's).
+        layers, layer_pattern: layers compared (default: every non-linearity output both models have).
+        matrix: compare every layer of ``a`` with every layer of ``b``, not only layers of the same name.
+        out: the output folder.
+    """
+    import pandas as pd
+
+    from mame_transfer.analysis.sources import (
+        common_layers,
+        image_batches,
+        load_pair,
+        sample_table,
+        spatial_layers,
+    )
+    from mame_transfer.core import plots
+    from mame_transfer.core.fileio import write_json, write_text
+
+    if b is None:
+        raise ConfigError("CKA compares two models: pass --b as well as --a")
+    a, b = load_pair(a, b, image_size=image_size, seed=seed)
+    table, _ = sample_table(a, b, data=data, split=split, toy=toy, per_class=per_class, seed=seed)
+    out = output_dir("cka", out, b, a)
+    if matrix:
+        la = spatial_layers(a.model, layers, pattern=layer_pattern)
+        lb = spatial_layers(b.model, layers, pattern=layer_pattern)
+    else:
+        la = lb = common_layers(a, b, layers, pattern=layer_pattern)
+    acc = compare_models(a, b, la, lb, image_batches(table, a.image_size, batch_size=batch_size),
+                         pairs="all" if matrix else "matching")
+    summary = {"a": a.label, "b": b.label, "split": split, "images": int(len(table)), "batch_size": batch_size,
+               "batches": acc.batches_,
+               "estimator": "minibatch unbiased HSIC (Nguyen et al. 2021) on per-channel spatial means"}
+    title = f"{a.label} vs {b.label}"
+    result = AnalysisResult(out, summary=summary)
+    if matrix:
+        m = acc.matrix()
+        summary.update({"layers_a": la, "layers_b": lb, "matrix": m.tolist()})
+        fig = cka_heatmap_figure(m, la, lb, label_a=a.label, label_b=b.label, title=f"Linear CKA: {title}")
+        result.figures.append(plots.save(fig, out / "cka_matrix.png"))
+        common = [n for n in la if n in lb]
+        values = [float(m[la.index(n), lb.index(n)]) for n in common]
+    else:
+        common, values = la, [float(v) for v in acc.matching()]
+    summary["matching"] = dict(zip(common, values))
+    result.table = pd.DataFrame({"layer": common, "cka": values})
+    if common:
+        fig = cka_curve_figure(common, values, label=title, title="Linear CKA of matching layers")
+        result.figures.append(plots.save(fig, out / "cka_curve.png"))
+        result.data.append(write_text(out / "cka.csv", result.table.to_csv(index=False)))
+    rows = kernel_distances(a.model, b.model)
+    summary["kernel_distance"] = {"overall_mean_l2": overall_distance(rows), "layers": rows}
+    if rows:
+        result.data.append(write_text(out / "kernel_distance.csv", pd.DataFrame(rows).to_csv(index=False)))
+        fig = kernel_distance_figure(rows, title=f"Mean l2 distance of conv filters: {title}")
+        result.figures.append(plots.save(fig, out / "kernel_distance.png"))
+    result.data.append(write_json(out / "cka.json", summary))
+    return result

@@ -10,11 +10,13 @@ matrix and squashed by a sigmoid into 0..255. Each step jitters the image by a f
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
 
 # Lucid's colour_correlation_svd_sqrt (ImageNet RGB), normalised by its largest column norm as in Lucid.
@@ -142,3 +144,59 @@ def featvis_figure(images: Sequence[Sequence[np.ndarray]], row_labels: Sequence[
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def run_featvis(*, a, b=None, layer: str | None = None, channels: Sequence[int] = (0, 1, 2, 3), steps: int = 128,
+                lr: float = 0.05, jitter: int = 4, seed: int = 0, image_size: int | None = None,
+                layers: Sequence[str] | None = None, layer_pattern: str | None = None,
+                out: str | Path | None = None, log: Callable[[str], None] | None = None) -> AnalysisResult:
+    """Activation maximisation of ``channels`` of ``layer`` in ``a`` (and ``b``): one grid PNG and one JSON.
+
+    Files in ``out`` (default ``<run>/analysis/featvis`` of ``b``, else of ``a``): ``featvis_<layer>.png``
+    (a row per model) and ``featvis_<layer>.json`` (mean activation of each channel before and after).
+
+    Args:
+        a, b: model specs (``imagenet:ARCH``, ``random:ARCH``, a run directory) or loaded ModelSources; ``b``
+            is optional.
+        layer: the layer (default: the deepest of the common ``layers`` / ``layer_pattern`` choice).
+        channels: the channels visualised.
+        steps, lr, jitter, seed: as for :func:`visualize_channel`.
+        image_size: input side of bare backbones (default: the run's).
+        out: the output folder.
+        log: called with one line per channel as it finishes (optimising a large model takes minutes).
+
+    Returns:
+        The result; its ``table`` holds one row per model and channel (``model``, ``channel``, ``start``, ``end``).
+    """
+    import pandas as pd
+
+    from mame_transfer.analysis.sources import common_layers, load_pair
+    from mame_transfer.core import plots
+    from mame_transfer.core.fileio import write_json
+
+    a, b = load_pair(a, b, image_size=image_size, seed=seed)
+    layer = layer or common_layers(a, b, layers, pattern=layer_pattern)[-1]
+    out = output_dir("featvis", out, b, a)
+    channels = list(channels)
+    images, labels, rows = [], [], []
+    summary = {"layer": layer, "steps": steps, "channels": channels, "models": {}}
+    for src in (a, b) if b is not None else (a,):
+        sub = channel_objective_model(src.model, layer)
+        row, info = [], []
+        for c in channels:
+            r = visualize_channel(src.model, layer, c, size=src.image_size, steps=steps, lr=lr, jitter=jitter,
+                                  preprocess=src.preprocess, seed=seed, submodel=sub)
+            row.append(r["image"])
+            info.append({"channel": c, "start": r["start"], "end": r["end"]})
+            rows.append({"model": src.label, "channel": c, "start": r["start"], "end": r["end"]})
+            if log is not None:
+                log(f"{src.label} {layer}[{c}]: mean activation {r['start']:.4f} -> {r['end']:.4f}")
+        images.append(row)
+        labels.append(src.label)
+        summary["models"][src.label] = info
+    fig = featvis_figure(images, labels, [f"{layer}[{c}]" for c in channels],
+                         title=f"Activation maximisation ({steps} steps, Fourier + decorrelated colour)")
+    result = AnalysisResult(out, figures=[plots.save(fig, out / f"featvis_{layer}.png")], summary=summary,
+                            table=pd.DataFrame(rows, columns=["model", "channel", "start", "end"]))
+    result.data.append(write_json(out / f"featvis_{layer}.json", summary))
+    return result

@@ -7,11 +7,13 @@ from the ``predictions`` kernel, and ``tf.GradientTape`` gives its gradient with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
 
 
@@ -107,3 +109,85 @@ def caption(true: str | None, predicted: str, probability: float, target: str | 
     head = f"true: {true}\n" if true is not None else ""
     tgt = f"\ncam for: {target}" if target and target != predicted else ""
     return f"{head}pred: {predicted} ({probability:.2f}){mark}{tgt}"
+
+
+def run_gradcam(run: str | Path, *, images: Sequence[str | Path] = (), split: str | None = None, n: int = 16,
+                data: str | None = None, toy: bool = False, layer: str | None = None, target: str = "predicted",
+                cols: int = 4, batch_size: int = 16, seed: int = 0, out: str | Path | None = None) -> AnalysisResult:
+    """Grad-CAM of a run on image files and/or a random sample of a split: one grid PNG and one CSV.
+
+    Files in ``out`` (default ``<run>/analysis/gradcam``): ``gradcam_<split or "images">_<layer>.png`` and
+    ``.csv`` (one row per image: ``path``, ``image``, ``label``, ``predicted``, ``probability``).
+
+    Args:
+        run: a finished run directory (a classifier).
+        images: image files to explain.
+        split: a split of ``data`` (default: the run's dataset) to sample ``n`` images from.
+        layer: the conv layer (default: the last spatial one).
+        target: ``"predicted"`` or ``"true"`` (the class explained; ``true`` needs images from ``split``).
+        cols: columns of the grid.
+        seed: seed of the image sample.
+    """
+    import pandas as pd
+
+    from mame_transfer.analysis.sources import (
+        last_spatial_layer,
+        load_images,
+        load_source,
+        load_table,
+    )
+    from mame_transfer.core import plots
+    from mame_transfer.core.fileio import write_text
+
+    src = load_source(run)
+    if src.classes is None:
+        raise ConfigError(f"gradcam needs a run directory (a classifier). Received: {run}")
+    rows = [{"path": str(p), "image": Path(p).name, "label": None} for p in images or []]
+    if split:
+        table, classes = load_table(data=data, source=src, split=split, toy=toy)
+        if list(classes) != list(src.classes):
+            from mame_transfer.inference.metrics import align_to_classes
+
+            table = align_to_classes(table, src.classes, str(data))
+        count = min(n, len(table))
+        pick = np.random.default_rng(seed).choice(len(table), count, replace=False) if count else []
+        for i in sorted(pick):
+            rows.append({"path": table["path"].iloc[i], "image": table["image"].iloc[i],
+                         "label": table["label"].iloc[i]})
+    if not rows:
+        raise ConfigError("no images: pass --images FILE ... and/or --split SPLIT --n N")
+    frame = pd.DataFrame(rows)
+    pixels = load_images(frame["path"].tolist(), src.image_size)
+    if target == "true":
+        if frame["label"].isna().any():
+            raise ConfigError("--target true needs images with known classes (from --split), not --images")
+        index = {c: i for i, c in enumerate(src.classes)}
+        targets = [index[c] for c in frame["label"]]
+    else:
+        targets = "predicted"
+    cams, proba = [], []
+    for start in range(0, len(pixels), batch_size):
+        t = targets if isinstance(targets, str) else targets[start:start + batch_size]
+        c, p = gradcam(src.model, pixels[start:start + batch_size], layer=layer, targets=t, preprocess=src.preprocess)
+        cams.append(c)
+        proba.append(p)
+    cams, proba = np.concatenate(cams), np.concatenate(proba)
+    layer = layer or last_spatial_layer(src.model)
+    pred = proba.argmax(1)
+    overlays, titles = [], []
+    for k in range(len(frame)):
+        tgt = src.classes[targets[k]] if not isinstance(targets, str) else None
+        overlays.append(overlay(pixels[k], cams[k]))
+        titles.append(f"{frame['image'].iloc[k][-28:]}\n" + caption(frame["label"].iloc[k], src.classes[pred[k]],
+                                                                    float(proba[k, pred[k]]), tgt))
+    out = output_dir("gradcam", out, src)
+    stem = f"gradcam_{split or 'images'}_{layer}"
+    fig = gradcam_grid_figure(overlays, titles, cols=cols,
+                              title=f"Grad-CAM of {src.label} at {layer} (target: {target} class)")
+    result = AnalysisResult(out, figures=[plots.save(fig, out / f"{stem}.png")])
+    frame["predicted"] = [src.classes[i] for i in pred]
+    frame["probability"] = proba[np.arange(len(pred)), pred]
+    result.data.append(write_text(out / f"{stem}.csv", frame.to_csv(index=False)))
+    result.summary = {"run": src.label, "layer": layer, "target": target, "images": int(len(frame))}
+    result.table = frame
+    return result

@@ -8,11 +8,13 @@ two top-100 sets and (ii) the entropy of the class labels of each top-100 set, d
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
 
 
@@ -142,3 +144,93 @@ def depth_boxplot_figure(per_layer: dict[str, Sequence[Sequence[float]]], layers
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def run_maxact(*, a, b=None, data: str | None = None, toy: bool = False, split: str = "train",
+               per_class: int | None = 0, batch_size: int = 32, seed: int = 0, image_size: int | None = None,
+               layers: Sequence[str] | None = None, layer_pattern: str | None = None, top: int = 100,
+               reduce: str = "mean", channels: Sequence[int] | None = None, grid_channels: int = 4, show: int = 8,
+               out: str | Path | None = None) -> AnalysisResult:
+    """Top-``top`` images per channel of every layer: class entropy, overlap between ``a`` and ``b``, grids.
+
+    Files in ``out`` (default ``<run>/analysis/maxact`` of ``b``, else of ``a``): ``maxact.json`` and
+    ``maxact.csv`` (per layer: entropy and overlap mean/median, channels), ``maxact_<layer>.png`` (grids),
+    ``maxact_entropy.png`` and, with ``b``, ``maxact_overlap.png``.
+
+    Args:
+        a, b: model specs (``imagenet:ARCH``, ``random:ARCH``, a run directory) or loaded ModelSources; ``b``
+            is optional.
+        data, toy, split, per_class, batch_size, seed, image_size, layers, layer_pattern: as for ``run_cka``.
+        top: images kept per channel.
+        reduce: spatial reduction of a channel (``mean`` or ``max``).
+        channels: channels shown in the grids (default: the first ``grid_channels``).
+        show: images per channel in the grids.
+        out: the output folder.
+    """
+    import pandas as pd
+
+    from mame_transfer.analysis.sources import (
+        common_layers,
+        image_batches,
+        load_pair,
+        sample_table,
+        thumbnail,
+    )
+    from mame_transfer.core import plots
+    from mame_transfer.core.fileio import write_json, write_text
+
+    a, b = load_pair(a, b, image_size=image_size, seed=seed)
+    table, classes = sample_table(a, b, data=data, split=split, toy=toy, per_class=per_class, seed=seed)
+    if len(table) < top:
+        raise ConfigError(f"--top {top} needs at least that many images; the {split} split "
+                          f"(after --per-class) has {len(table)}")
+    layers = common_layers(a, b, layers, pattern=layer_pattern)
+    out = output_dir("maxact", out, b, a)
+    tops = {}
+    for src in (a, b) if b is not None else (a,):
+        tops[src.label] = collect_topk(src, layers, image_batches(table, a.image_size, batch_size=batch_size), top,
+                                       reduce=reduce)
+    labels = table["label_index"].to_numpy()
+    summary = {"a": a.label, "b": b.label if b else None, "split": split, "images": int(len(table)), "top": top,
+               "reduce": reduce, "layers": {}}
+    result = AnalysisResult(out, summary=summary)
+    entropy = {name: [] for name in tops}
+    overlap = []
+    for layer in layers:
+        info = {}
+        for name, t in tops.items():
+            e = class_entropy(t[layer].indices_, labels, len(classes))
+            entropy[name].append(e)
+            info[f"entropy_{name}"] = {"mean": float(e.mean()), "median": float(np.median(e))}
+        if b is not None:
+            o = overlap_ratio(tops[a.label][layer].indices_, tops[b.label][layer].indices_)
+            overlap.append(o)
+            info["overlap"] = {"mean": float(o.mean()), "median": float(np.median(o))}
+        info["channels"] = int(tops[a.label][layer].channels)
+        summary["layers"][layer] = info
+        # Grids: the first ``show`` images of a few channels, A row above B row.
+        chans = channels or list(range(min(grid_channels, tops[a.label][layer].channels)))
+        thumbs, row_labels, captions = [], [], []
+        for c in chans:
+            for name, t in tops.items():
+                idx = t[layer].indices_[:show, c]
+                thumbs.append([thumbnail(table["path"].iloc[i], 96) for i in idx if i >= 0])
+                captions.append([str(table["label"].iloc[i])[:14] for i in idx if i >= 0])
+                row_labels.append(f"ch {c}\n{name[:22]}")
+        fig = topk_grid_figure(thumbs, row_labels, captions=captions,
+                               title=f"{layer}: top-{show} of top-{top} images per channel")
+        result.figures.append(plots.save(fig, out / f"maxact_{layer}.png"))
+    fig = depth_boxplot_figure(entropy, layers, ylabel="class entropy / log(classes)",
+                               title=f"Class entropy of the top-{top} images per channel")
+    result.figures.append(plots.save(fig, out / "maxact_entropy.png"))
+    if overlap:
+        fig = depth_boxplot_figure({"overlap": overlap}, layers, ylabel="overlap ratio",
+                                   title=f"Overlap of the top-{top} images, {a.label} vs {b.label}")
+        result.figures.append(plots.save(fig, out / "maxact_overlap.png"))
+    rows = [{"layer": layer, **{f"{k}_{kk}": vv for k, v in info.items() if isinstance(v, dict)
+                                for kk, vv in v.items()}, "channels": info["channels"]}
+            for layer, info in summary["layers"].items()]
+    result.table = pd.DataFrame(rows)
+    result.data.append(write_text(out / "maxact.csv", result.table.to_csv(index=False)))
+    result.data.append(write_json(out / "maxact.json", summary))
+    return result

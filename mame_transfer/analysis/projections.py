@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mame_transfer.analysis.outputs import AnalysisResult
 from mame_transfer.core.errors import ConfigError
 
 METHODS = ("pca", "tsne", "umap")
@@ -245,4 +248,59 @@ def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[st
     data = {"points": points, "classes": list(classes), "colors": _palette(len(classes)), "splits": splits}
     # "</" is escaped so a file name can never close the script element.
     payload = json.dumps(data).replace("</", "<\\/")
-    return _PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    # One pass over the page, so a title holding "__DATA__" is never re-scanned and filled.
+    values = {"__TITLE__": html.escape(title), "__DATA__": payload}
+    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], _PAGE)
+
+
+def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_class: int | None = 100,
+                split: str | None = None, apply_splits: Sequence[str] = (), standardize: bool = False,
+                seed: int = 0, out: str | Path | None = None) -> AnalysisResult:
+    """Project a feature store and write the picture (2-D PNG or 3-D HTML) and a JSON summary.
+
+    Files in ``out`` (default ``<store>/projections``), named ``<method>_<dims>d_<split>[+<applied>...]``:
+    ``.png`` or ``.html``, ``.json`` and, for PCA, ``_variance.png``.
+
+    Args:
+        store: a feature store folder (``python -m mame_transfer.features``).
+        split: the split to fit on (default train, else the store's first).
+        apply_splits: splits transformed with the fitted projection (not t-SNE).
+        method, dims, per_class, standardize, seed: as for :func:`project`.
+        out: the output folder.
+    """
+    from mame_transfer.core import plots
+    from mame_transfer.core.fileio import write_json, write_text
+    from mame_transfer.store.store import load_store
+
+    feats = load_store(store)
+    split = split or ("train" if "train" in feats.splits else feats.splits[0])
+    apply = [s for s in (apply_splits or []) if s != split]
+    emb = {s: feats.embeddings(s) for s in [split, *apply]}
+    meta = {s: feats.metadata(s) for s in [split, *apply]}
+    res = project(emb, meta, method=method, dims=dims, fit_split=split, apply_splits=apply, per_class=per_class,
+                  seed=seed, standardize=standardize)
+    out = Path(out) if out else Path(store) / "projections"
+    stem = f"{method}_{dims}d_{split}" + "".join(f"+{s}" for s in apply)
+    coords = np.concatenate([res.coords[s] for s in res.coords])
+    labels = np.concatenate([res.meta[s]["label"].to_numpy() for s in res.meta])
+    names = np.concatenate([res.meta[s]["image"].astype(str).to_numpy() for s in res.meta])
+    split_of = np.concatenate([[s] * len(res.meta[s]) for s in res.meta]) if apply else None
+    title = (f"{method.upper()} of {Path(store).name} ({feats.manifest.get('layer', 'embeddings')}), "
+             f"fitted on {split}, {per_class or 'all'} per class")
+    result = AnalysisResult(out)
+    if dims == 2:
+        fig = scatter_figure(coords, labels, feats.classes, title=title, marker_of=split_of)
+        result.figures.append(plots.save(fig, out / f"{stem}.png"))
+    else:
+        page = scatter3d_html(coords, labels, names, feats.classes, title=title, split_of=split_of)
+        result.figures.append(write_text(out / f"{stem}.html", page))
+    summary = {"store": str(store), "method": method, "dims": dims, "fit_split": split, "apply_splits": apply,
+               "per_class": per_class, "points": {s: int(len(res.meta[s])) for s in res.meta}}
+    if res.explained_variance_ratio is not None:
+        summary["explained_variance_ratio"] = res.explained_variance_ratio
+        summary["explained_variance_total"] = float(sum(res.explained_variance_ratio))
+        result.figures.append(plots.save(explained_variance_figure(res.explained_variance_ratio),
+                                         out / f"{stem}_variance.png"))
+    result.data.append(write_json(out / f"{stem}.json", summary))
+    result.summary = summary
+    return result

@@ -6,6 +6,7 @@ with the registry backbone built from ImageNet or random weights.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -84,6 +85,67 @@ def load_source(spec: str, *, image_size: int | None = None, seed: int = 0) -> M
     return ModelSource(text, model, arch.name, alpha, size, arch.preprocess)
 
 
+def load_pair(a: str | ModelSource, b: str | ModelSource | None = None, *, image_size: int | None = None,
+              seed: int = 0) -> tuple[ModelSource, ModelSource | None]:
+    """The two models an analysis compares (``b`` optional), fed at the same image size.
+
+    A bare backbone spec is built at ``image_size``, else at the size of the first run directory among ``a``,
+    ``b`` (a run is loaded once when both name it), else at the size of a model given already loaded.
+
+    Args:
+        a: a spec for :func:`load_source`, or a loaded :class:`ModelSource` (used as is).
+        b: the same forms, or None.
+        image_size: input side of bare backbones.
+        seed: seed of ``a``'s random initialisation; ``b`` gets ``seed + 1`` so two random inits differ.
+
+    Raises:
+        ConfigError: the two are fed at different sizes (named ``--a``/``--b``, as the ``analyze`` flags).
+    """
+    size = image_size
+    loaded = {}
+    if not size:
+        run_spec = next((s for s in (a, b) if s and not isinstance(s, ModelSource) and Path(s).expanduser().is_dir()),
+                        None)
+        if run_spec is not None:
+            loaded[run_spec] = load_source(run_spec)
+            size = loaded[run_spec].image_size
+        else:
+            size = next((s.image_size for s in (a, b) if isinstance(s, ModelSource)), None)
+
+    def get(spec, seed):
+        if isinstance(spec, ModelSource):
+            return spec
+        return loaded[spec] if spec in loaded else load_source(spec, image_size=size, seed=seed)
+
+    src_a = get(a, seed)
+    src_b = get(b, seed + 1) if b else None
+    if src_b is not None and src_a.image_size != src_b.image_size:
+        raise ConfigError(f"--a is fed at {src_a.image_size} px and --b at {src_b.image_size} px; pass --image-size")
+    if src_b is not None and src_b.label == src_a.label and src_b is not src_a:
+        # Results are keyed by label: two different models named alike (two random inits) must not collide.
+        src_a, src_b = (dataclasses.replace(src_a, label=f"{src_a.label} (a)"),
+                        dataclasses.replace(src_b, label=f"{src_b.label} (b)"))
+    return src_a, src_b
+
+
+def common_layers(a: ModelSource, b: ModelSource | None, names: Sequence[str] | None = None, *,
+                  pattern: str | None = None) -> list[str]:
+    """:func:`spatial_layers` of ``a`` that ``b`` has too (same names), in depth order.
+
+    Named layers that ``b`` lacks are an error; layers chosen by default or by ``pattern`` are silently dropped.
+    """
+    layers = spatial_layers(a.model, names, pattern=pattern)
+    if b is not None:
+        names_b = {layer.name for layer in b.model.layers}
+        missing = [n for n in layers if n not in names_b]
+        if names and missing:
+            raise ConfigError(f"{b.label} has no layer(s) {missing}")
+        layers = [n for n in layers if n in names_b]
+    if not layers:
+        raise ConfigError(f"no common spatial layer between {a.label} and {b.label if b else '-'}")
+    return layers
+
+
 def load_table(*, data: str | None = None, source: ModelSource | None = None, split: str = "val",
                toy: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Rows of ``split`` of ``data`` (a dataset path) or, when ``data`` is None, of the run's own dataset.
@@ -116,6 +178,19 @@ def stratified_sample(labels: Sequence, per_class: int | None, *, seed: int = 0)
         rows = np.flatnonzero(labels == value)
         keep.append(rows if len(rows) <= per_class else rng.choice(rows, per_class, replace=False))
     return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def sample_table(a: ModelSource, b: ModelSource | None = None, *, data: str | None = None, split: str = "val",
+                 toy: bool = False, per_class: int | None = 0, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """At most ``per_class`` rows per class of ``split`` of ``data``, else of the dataset of run ``b`` or ``a``.
+
+    Returns:
+        The sampled split table and the class names.
+    """
+    run = next((s for s in (b, a) if s is not None and s.config is not None), None)
+    table, classes = load_table(data=data, source=run, split=split, toy=toy)
+    rows = stratified_sample(table["label"].to_numpy(), per_class, seed=seed)
+    return table.iloc[rows].reset_index(drop=True), classes
 
 
 def image_batches(table: pd.DataFrame, image_size: int, *, batch_size: int = 32) -> Iterator[np.ndarray]:

@@ -2,3 +2,5 @@
 
 Nothing here imports another package of mame_transfer.
 """
+
+__version__ = "0.1.0"  # the package version (setup.cfg reads it here; mame_transfer.__version__ re-exports it)

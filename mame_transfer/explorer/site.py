@@ -177,7 +177,7 @@ def _ks(k: int) -> list[int]:
 
 
 def _build_key(store, other, options: dict) -> str:
-    from mame_transfer import __version__
+    from mame_transfer.core import __version__
 
     blob = json.dumps({"store": store.manifest, "other": other.manifest if other is not None else None,
                        "options": options, "version": __version__,

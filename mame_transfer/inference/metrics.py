@@ -78,6 +78,15 @@ def classification_report_text(metrics: dict, split: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+PREDICTIONS, REPORT, CONFUSION = "predictions.csv", "classification_report.txt", "confusion_matrix.png"
+
+
+def split_file(name: str, split: str | None = None) -> str:
+    """The per-split name of one of the files above (``predictions_val.csv``); unsuffixed: the final split's."""
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}_{split}.{ext}" if split else name
+
+
 def write_split_artifacts(run_dir: Path, split: str, table: pd.DataFrame, proba: np.ndarray,
                           classes: Sequence[str], *, final: bool = False) -> dict:
     """Compute metrics for one split and write its report, predictions and confusion matrix."""
@@ -89,11 +98,10 @@ def write_split_artifacts(run_dir: Path, split: str, table: pd.DataFrame, proba:
     report = classification_report_text(metrics, split)
     fig = plots.confusion_matrix_figure(np.array(metrics["confusion_matrix"]), classes,
                                         title=f"{split}: top-1 {metrics['top1']:.3f}, macro F1 {metrics['macro_f1']:.3f}")
-    names = [f"_{split}"] + ([""] if final else [])
-    for suffix in names:
-        write_text(run_dir / f"predictions{suffix}.csv", preds.to_csv(index=False))
-        write_text(run_dir / f"classification_report{suffix}.txt", report)
-        plots.save(fig, run_dir / f"confusion_matrix{suffix}.png")
+    for key in [split] + ([None] if final else []):
+        write_text(run_dir / split_file(PREDICTIONS, key), preds.to_csv(index=False))
+        write_text(run_dir / split_file(REPORT, key), report)
+        plots.save(fig, run_dir / split_file(CONFUSION, key))
     return metrics
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, write_json, write_text
 from mame_transfer.store.store import (
@@ -27,7 +28,6 @@ from mame_transfer.store.store import (
     MANIFEST,
     PROGRESS,
     FeatureStore,
-    _version,
     input_hash,
     load_store,
     metadata_frame,
@@ -177,7 +177,7 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         raise ConfigError(f"--imagenet-probs needs a backbone with ImageNet weights; this one has "
                           f"weights={info['weights']!r}")
     dim = int(feat.output.shape[-1])
-    manifest = dict(info, format=FORMAT, augment=False, jitter=bool(jitter), package_version=_version(),
+    manifest = dict(info, format=FORMAT, augment=False, jitter=bool(jitter), package_version=__version__,
                     input_hash=input_hash(pd.concat(tables.values())), classes=list(dataset.classes),
                     dataset=str(dataset.source or dataset.root),
                     feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),

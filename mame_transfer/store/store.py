@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, atomic_path
 
@@ -199,7 +200,7 @@ def _finish_manifest(manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, p
     man["feature_sets"] = sets
     man["splits"] = {s: {"n": int(np.shape(e)[0]), "dim": int(np.shape(e)[1])} for s, (e, _) in splits.items()}
     man.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    man.setdefault("package_version", _version())
+    man.setdefault("package_version", __version__)
     return man
 
 
@@ -245,12 +246,6 @@ def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[st
                 np.save(tmp / split / f"{fs}.npy", np.asarray(arr, dtype=np.float32))
         (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
     return load_store(out)
-
-
-def _version() -> str:
-    from mame_transfer import __version__
-
-    return __version__
 
 
 def input_hash(table: pd.DataFrame) -> str:

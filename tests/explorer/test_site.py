@@ -1,4 +1,5 @@
-"""Similarity explorer: neighbour maths, site files, bad input, and click-through in headless Chromium."""
+"""explorer.site (+ serve): the site files, bad input, reuse, the local server, and click-through in headless
+Chromium."""
 
 from __future__ import annotations
 
@@ -10,17 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import open_page
+from file_checks import png_size, read_csv, read_json
 
 from mame_transfer import explore
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.explorer.neighbours import (
-    approx_error,
-    knn,
-    normalize,
-    precision_at_k,
-    project,
-    quantize,
-)
 from mame_transfer.explorer.serve import serving
 from mame_transfer.explorer.site import ExplorerWarning, build_site
 from mame_transfer.store.export import export
@@ -28,52 +22,6 @@ from mame_transfer.store.store import write_store
 
 HOSTILE_LABEL = '<script>window.__pwned=1</script>"quoted\' label'
 HOSTILE_NAME = 'x"><img src=x onerror="window.__pwned=2">\'</script>.jpg'
-
-
-# ------------------------------------------------------------------------------------------------- numerics
-
-
-def test_knn_matches_brute_force_across_blocks():
-    rng = np.random.default_rng(1)
-    unit = normalize(rng.normal(size=(53, 7)))
-    ids, scores = knn(unit, 4, block=10)  # several blocks, last one partial
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    want = np.argsort(-sims, axis=1)[:, :4]
-    np.testing.assert_array_equal(ids, want)
-    np.testing.assert_allclose(scores, np.take_along_axis(sims, want, axis=1), rtol=1e-6)
-    assert (ids != np.arange(53)[:, None]).all()
-    # the thresholded top-k (every 5th column sampled first) gives the same answer
-    ids2, scores2 = knn(unit, 4, block=10, sample=9)
-    np.testing.assert_array_equal(ids2, want)
-    np.testing.assert_array_equal(scores2, scores)
-    assert (np.diff(scores, axis=1) <= 0).all()
-    # k larger than the collection is capped at n - 1
-    assert knn(unit[:3], 10)[0].shape == (3, 2)
-    with pytest.raises(DataError, match="at least 2 items"):
-        knn(unit[:1], 3)
-
-
-def test_precision_at_k_literal():
-    labels = ["a", "a", "b", "b"]
-    ids = np.array([[1, 2], [0, 3], [0, 1], [2, -1]])
-    table = precision_at_k(labels, ids, [1, 2], ["a", "b"])
-    assert table.loc["a", "P@1"] == 1.0 and table.loc["a", "P@2"] == 0.5
-    assert table.loc["b", "P@1"] == 0.5 and table.loc["b", "P@2"] == 0.25  # -1 (no neighbour) counts as a miss
-    assert table.loc["all", "n"] == 4 and table.loc["all", "P@1"] == 0.75
-
-
-def test_projection_quantization_error_is_small_and_measured():
-    rng = np.random.default_rng(2)
-    centres = rng.normal(size=(5, 256))
-    unit = normalize(centres[rng.integers(0, 5, 400)] + 0.5 * rng.normal(size=(400, 256)))
-    q, scale = quantize(unit @ project(unit, 32))
-    assert q.dtype == np.int8 and q.shape == (400, 32)
-    err = approx_error(unit, q, scale)
-    assert err["mean_abs_error"] < 0.05 and err["mean_pearson_r"] > 0.95
-    # dims beyond the embedding size keep everything: only int8 rounding remains
-    q2, s2 = quantize(unit @ project(unit, 512))
-    assert approx_error(unit, q2, s2)["max_abs_error"] < 0.02
 
 
 # ------------------------------------------------------------------------------------------------- stores
@@ -118,6 +66,11 @@ def test_click_through_in_chromium(demo_stores, tmp_path):
     assert set(site.quality.index) == set(store.classes) | {"all"}
     assert site.quality_compare.loc["all", "P@5"] > 0.9  # the clustered second store retrieves its labels
     assert (tmp_path / "site" / "precision_at_k.csv").is_file()
+    written = read_csv(tmp_path / "site" / "precision_at_k.csv", ["n", "P@5"], len(store.classes) + 1, index_col=0)
+    assert set(written.index) == set(site.quality.index)
+    pd.testing.assert_frame_equal(written.loc[site.quality.index], site.quality, check_dtype=False, atol=1e-4)
+    build = read_json(tmp_path / "site" / "build.json", ["n", "k", "missing", "compare"])
+    assert (build["n"], build["k"], build["missing"]) == (site.n, 5, [])
 
     with serving(site.path) as url, open_page(url) as view:
         page = view.page
@@ -160,6 +113,8 @@ def test_click_through_in_chromium(demo_stores, tmp_path):
         assert values == sorted(values)
         view.assert_clean()
     assert (tmp_path / "explorer.png").stat().st_size > 10_000
+    width, height = png_size(tmp_path / "explorer.png", min_side=800)
+    assert width == 1400 and height >= 900  # the viewport's width, the whole page's height
 
 
 def test_missing_images_and_hostile_names(tmp_path, demo_root):

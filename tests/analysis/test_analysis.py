@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from file_checks import png_size
 from matplotlib.figure import Figure
 
 from mame_transfer.analysis import cka, featvis, gradcam, maxact, projections
@@ -203,56 +204,203 @@ def test_featvis_dead_relu_channel_is_optimised_before_the_relu():
     assert r["end"] > r["start"] + 1e-3
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------------------------- run_* and CLI
 
 
-def test_analyze_cli_cka_maxact_featvis_project(tmp_path, capsys):
-    from mame_transfer import analyze
-    from mame_transfer.datasets import demo
+def _store(tmp_path):
     from mame_transfer.store.store import write_store
-
-    root = demo.ensure_demo()
-    out = tmp_path / "cka"
-    assert analyze.main(["cka", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
-                         "--split", "val", "--image-size", "32", "--batch-size", "20", "--out", str(out)]) == 0
-    res = json.loads((out / "cka.json").read_text())
-    assert list(res["matching"]) == ["block1_relu", "block2_relu", "block3_relu"]
-    assert res["batches"] == 3 and res["kernel_distance"]["overall_mean_l2"] > 0
-    for name in ("cka_curve.png", "kernel_distance.png", "cka.csv"):
-        assert (out / name).stat().st_size > 0
-    # A model with itself: CKA 1 on every layer, kernels identical.
-    out_self = tmp_path / "self"
-    assert analyze.main(["cka", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
-                         "--split", "val", "--image-size", "32", "--batch-size", "20", "--seed", "3", "--matrix",
-                         "--out", str(out_self)]) == 0
-    res_self = json.loads((out_self / "cka.json").read_text())
-    random_pair = np.array(list(res["matching"].values()))
-    assert (out_self / "cka_matrix.png").is_file() and len(res_self["matrix"]) == 3
-
-    out = tmp_path / "maxact"
-    assert analyze.main(["maxact", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(root),
-                         "--split", "val", "--image-size", "32", "--top", "10", "--show", "3", "--grid-channels", "2",
-                         "--out", str(out)]) == 0
-    summary = json.loads((out / "maxact.json").read_text())
-    assert set(summary["layers"]) == {"block1_relu", "block2_relu", "block3_relu"}
-    for info in summary["layers"].values():
-        assert 0 <= info["overlap"]["mean"] <= 1
-    assert (out / "maxact_overlap.png").is_file() and (out / "maxact_block2_relu.png").is_file()
-    assert random_pair.min() < 0.999  # two different random inits are not identical everywhere
-
-    out = tmp_path / "fv"
-    assert analyze.main(["featvis", "--a", "random:test_tiny", "--image-size", "32", "--layer", "block2_relu",
-                         "--channels", "0", "1", "--steps", "8", "--out", str(out)]) == 0
-    assert (out / "featvis_block2_relu.png").is_file()
 
     emb, meta = _store_like()
     store = tmp_path / "store"
     write_store(store, manifest={"classes": ["A", "B", "C"], "arch": "test_tiny", "layer": "global_pool"},
                 splits={s: (emb[s], meta[s].assign(path=meta[s]["image"], subset=s)) for s in emb})
+    return store
+
+
+TINY_LAYERS = ["block1_relu", "block2_relu", "block3_relu"]
+
+
+def test_run_cka_of_a_model_with_itself_is_one(demo_root, tmp_path):
+    """Known case: one model fed as both A and B gives linear CKA 1 at every layer, kernel distance 0."""
+    from mame_transfer.analysis.sources import load_source
+
+    src = load_source("random:test_tiny", image_size=32, seed=3)
+    res = cka.run_cka(a=src, b=src, data=str(demo_root), split="val", batch_size=20, matrix=True, out=tmp_path)
+    assert res.out == tmp_path and res.summary["batches"] == 3 and res.summary["images"] == 60
+    assert list(res.summary["matching"]) == TINY_LAYERS
+    assert np.allclose(list(res.summary["matching"].values()), 1.0, rtol=0, atol=1e-6)
+    assert np.allclose(np.diag(np.array(res.summary["matrix"])), 1.0, rtol=0, atol=1e-6)
+    assert res.summary["kernel_distance"]["overall_mean_l2"] == 0.0
+    saved = json.loads((tmp_path / "cka.json").read_text())
+    assert saved["matching"] == pytest.approx(dict.fromkeys(TINY_LAYERS, 1.0), abs=1e-6)
+    table = pd.read_csv(tmp_path / "cka.csv")
+    assert list(table.columns) == ["layer", "cka"] and table["layer"].tolist() == TINY_LAYERS
+    assert np.allclose(table["cka"], 1.0, rtol=0, atol=1e-6)
+    kd = pd.read_csv(tmp_path / "kernel_distance.csv")
+    assert kd["layer"].tolist() == ["block1_conv1", "block2_conv1", "block3_conv1"] and (kd["mean_l2"] == 0).all()
+    assert [p.name for p in res.figures] == ["cka_matrix.png", "cka_curve.png", "kernel_distance.png"]
+    for p in res.figures:
+        png_size(p)
+    with pytest.raises(ConfigError, match="pass --b"):
+        cka.run_cka(a=src, b=None, data=str(demo_root), out=tmp_path)
+
+
+def test_run_maxact_single_model(demo_root, tmp_path):
+    res = maxact.run_maxact(a="random:test_tiny", data=str(demo_root), split="val", image_size=32, top=6, show=2,
+                            grid_channels=1, layers=["block2_relu", "block3_relu"], out=tmp_path)
+    label = "entropy_random:test_tiny"
+    assert list(res.table.columns) == ["layer", f"{label}_mean", f"{label}_median", "channels"]
+    assert res.table["layer"].tolist() == ["block2_relu", "block3_relu"]
+    assert res.table["channels"].tolist() == [16, 32]
+    assert res.table[f"{label}_mean"].between(0, 1).all()
+    assert pd.read_csv(tmp_path / "maxact.csv").shape == (2, 4)
+    assert json.loads((tmp_path / "maxact.json").read_text())["b"] is None
+    assert [p.name for p in res.figures] == ["maxact_block2_relu.png", "maxact_block3_relu.png", "maxact_entropy.png"]
+    for p in res.figures:
+        png_size(p)
+    with pytest.raises(ConfigError, match="--top 61 needs at least that many images"):
+        maxact.run_maxact(a="random:test_tiny", data=str(demo_root), split="val", image_size=32, top=61)
+
+
+def test_two_models_with_the_same_name_do_not_collide(demo_root, tmp_path):
+    """Two random inits are both 'random:test_tiny': results keyed by name must keep both (overlap was 1.0)."""
+    res = maxact.run_maxact(a="random:test_tiny", b="random:test_tiny", data=str(demo_root), split="val",
+                            image_size=32, top=6, show=2, grid_channels=1, layers=["block3_relu"], out=tmp_path)
+    saved = json.loads((tmp_path / "maxact.json").read_text())
+    assert (saved["a"], saved["b"]) == ("random:test_tiny (a)", "random:test_tiny (b)")
+    info = saved["layers"]["block3_relu"]
+    assert {"entropy_random:test_tiny (a)", "entropy_random:test_tiny (b)"} <= set(info)
+    assert info["overlap"]["mean"] < 1.0  # different weights rank different images first
+    assert res.table.shape[0] == 1
+
+
+def test_run_featvis_logs_each_channel(tmp_path):
+    from mame_transfer.analysis.sources import load_source
+
+    src = load_source("random:test_tiny", image_size=32)
+    lines = []
+    res = featvis.run_featvis(a=src, channels=[0, 5], steps=4, jitter=0, out=tmp_path, log=lines.append)
+    assert res.summary["layer"] == "block3_relu"  # the deepest default layer
+    assert res.table[["model", "channel"]].values.tolist() == [["random:test_tiny", 0], ["random:test_tiny", 5]]
+    assert lines[1].startswith("random:test_tiny block3_relu[5]: mean activation ")
+    saved = json.loads((tmp_path / "featvis_block3_relu.json").read_text())
+    assert saved["channels"] == [0, 5] and [c["channel"] for c in saved["models"]["random:test_tiny"]] == [0, 5]
+    assert res.figures == [tmp_path / "featvis_block3_relu.png"]
+    png_size(res.figures[0], min_side=40)
+
+
+def test_run_gradcam_on_a_run(tiny_run, tmp_path):
+    from mame_transfer.training.runs import read_classes
+
+    classes = read_classes(tiny_run)
+    res = gradcam.run_gradcam(tiny_run, split="val", n=5, target="true", batch_size=2, out=tmp_path)
+    layer = res.summary["layer"]
+    assert res.figures == [tmp_path / f"gradcam_val_{layer}.png"] and res.summary["images"] == 5
+    png_size(res.figures[0], min_side=100)
+    table = pd.read_csv(tmp_path / f"gradcam_val_{layer}.csv")
+    assert list(table.columns) == ["path", "image", "label", "predicted", "probability"] and len(table) == 5
+    assert set(table["label"]) <= set(classes) and set(table["predicted"]) <= set(classes)
+    assert table["probability"].between(1 / len(classes), 1).all()
+    one = table["path"].iloc[0]
+    res = gradcam.run_gradcam(tiny_run, images=[one], out=tmp_path)
+    assert res.figures[0].name == f"gradcam_images_{layer}.png" and res.table["label"].isna().all()
+    with pytest.raises(ConfigError, match="--target true needs images with known classes"):
+        gradcam.run_gradcam(tiny_run, images=[one], target="true", out=tmp_path)
+    with pytest.raises(ConfigError, match="no images"):
+        gradcam.run_gradcam(tiny_run, out=tmp_path)
+
+
+def test_run_project_pca_2d(tmp_path):
+    store = _store(tmp_path)
+    res = projections.run_project(store, method="pca", dims=2, per_class=5, out=tmp_path / "out")
+    assert [p.name for p in res.figures] == ["pca_2d_train.png", "pca_2d_train_variance.png"]
+    for p in res.figures:
+        png_size(p)
+    saved = json.loads((tmp_path / "out" / "pca_2d_train.json").read_text())
+    assert saved["points"] == {"train": 15} and saved["fit_split"] == "train"
+    assert len(saved["explained_variance_ratio"]) == 2
+    assert saved["explained_variance_total"] == pytest.approx(sum(saved["explained_variance_ratio"]))
+
+
+def test_analyze_cli_cka_of_a_run_with_itself(tiny_run, tmp_path, capsys):
+    """The same run directory as --a and --b: loaded once, CKA 1 at every layer in the JSON, CSV and output."""
+    from mame_transfer import analyze
+
+    out = tmp_path / "self"
+    assert analyze.main(["cka", "--a", str(tiny_run), "--b", str(tiny_run), "--split", "val", "--batch-size", "20",
+                         "--out", str(out)]) == 0
+    res = json.loads((out / "cka.json").read_text())
+    assert res["a"] == res["b"] == tiny_run.name and res["batches"] == 3
+    assert list(res["matching"]) == TINY_LAYERS
+    assert all(abs(v - 1.0) <= 1e-6 for v in res["matching"].values()), res["matching"]
+    table = pd.read_csv(out / "cka.csv")
+    assert table["layer"].tolist() == TINY_LAYERS and np.allclose(table["cka"], 1.0, rtol=0, atol=1e-6)
+    assert res["kernel_distance"]["overall_mean_l2"] == 0.0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:3] == [f"{n:<28} CKA 1.0000" for n in TINY_LAYERS]
+    assert printed[3:] == ["overall mean l2 distance of conv filters: 0.00000", str(out)]
+
+
+def test_analyze_cli_cka_maxact_featvis_project(demo_root, tiny_run, tmp_path, capsys):
+    from mame_transfer import analyze
+
+    out = tmp_path / "cka"
+    assert analyze.main(["cka", "--a", "random:test_tiny", "--b", "random:test_tiny", "--data", str(demo_root),
+                         "--split", "val", "--image-size", "32", "--batch-size", "20", "--matrix",
+                         "--out", str(out)]) == 0
+    res = json.loads((out / "cka.json").read_text())
+    assert list(res["matching"]) == TINY_LAYERS and len(res["matrix"]) == 3
+    assert res["batches"] == 3 and res["kernel_distance"]["overall_mean_l2"] > 0
+    random_pair = np.array(list(res["matching"].values()))
+    assert random_pair.min() < 0.999  # two different random inits are not identical everywhere
+    assert pd.read_csv(out / "cka.csv")["cka"].tolist() == pytest.approx(random_pair.tolist())
+    kd = pd.read_csv(out / "kernel_distance.csv")
+    assert list(kd.columns) == ["layer", "filters", "mean_l2", "mean_norm_a", "relative"] and len(kd) == 3
+    for name in ("cka_matrix.png", "cka_curve.png", "kernel_distance.png"):
+        png_size(out / name)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("block1_relu") and " CKA 0." in printed[0] and printed[-1] == str(out)
+
+    # A bare backbone against a run: fed at the run's image size, its dataset by default, outputs under the run.
+    out = tmp_path / "maxact"
+    assert analyze.main(["maxact", "--a", "random:test_tiny", "--b", str(tiny_run), "--split", "val", "--top", "10",
+                         "--show", "3", "--grid-channels", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "maxact.json").read_text())
+    assert summary["b"] == tiny_run.name and summary["images"] == 60
+    assert set(summary["layers"]) == set(TINY_LAYERS)
+    for info in summary["layers"].values():
+        assert 0 <= info["overlap"]["mean"] <= 1
+    table = pd.read_csv(out / "maxact.csv")
+    assert list(table.columns) == ["layer", "entropy_random:test_tiny_mean", "entropy_random:test_tiny_median",
+                                   f"entropy_{tiny_run.name}_mean", f"entropy_{tiny_run.name}_median",
+                                   "overlap_mean", "overlap_median", "channels"]
+    assert table["layer"].tolist() == TINY_LAYERS
+    assert table["overlap_mean"].tolist() == pytest.approx([v["overlap"]["mean"] for v in summary["layers"].values()])
+    for name in ("maxact_overlap.png", "maxact_entropy.png", "maxact_block2_relu.png"):
+        png_size(out / name)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("layer=block1_relu, entropy_random:test_tiny_mean=") and printed[-1] == str(out)
+
+    out = tmp_path / "fv"
+    assert analyze.main(["featvis", "--a", "random:test_tiny", "--image-size", "32", "--layer", "block2_relu",
+                         "--channels", "0", "1", "--steps", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    for c in (0, 1):
+        assert printed[c].startswith(f"random:test_tiny block2_relu[{c}]: mean activation "), printed
+    assert printed[2] == str(out / "featvis_block2_relu.png")
+    png_size(out / "featvis_block2_relu.png", min_side=40)
+
+    store = _store(tmp_path)
     assert analyze.main(["project", str(store), "--method", "pca", "--dims", "3", "--per-class", "5",
                          "--apply-split", "val"]) == 0
-    assert "PCA explained variance ratio" in capsys.readouterr().out
-    assert (store / "projections" / "pca_3d_train+val.html").is_file()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("PCA explained variance ratio: ")
+    page = store / "projections" / "pca_3d_train+val.html"
+    assert printed[1:] == [str(page), str(store / "projections" / "pca_3d_train+val_variance.png")]
+    text = page.read_text()
+    assert "PCA of store (global_pool), fitted on train, 5 per class" in text and text.count("train_A_") == 5
+    assert json.loads((store / "projections" / "pca_3d_train+val.json").read_text())["points"] == {"train": 15,
+                                                                                                   "val": 15}
     assert analyze.main(["project", str(store), "--method", "tsne", "--dims", "2", "--apply-split", "val"]) == 2
     assert "t-SNE has no transform" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""Frozen-prefix cache: the cut, the store, and equivalence with training the full network."""
+"""training.prefix_cache (frozen-prefix cache): the cut, the store, and equivalence with training the full network."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of mame_transfer.demo: the generated set is a valid MAMe layout, varied, and cached."""
+"""datasets.demo: the generated set is a valid MAMe layout, varied, and cached."""
 
 from __future__ import annotations
 

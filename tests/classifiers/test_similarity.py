@@ -1,4 +1,4 @@
-"""Task similarity: ImageNet labels per target class and the accuracy on the 1000-d ImageNet output."""
+"""classifiers.similarity (task similarity): ImageNet labels per target class and the accuracy on the 1000-d ImageNet output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""prepare: a resized MAMe copy that load_dataset reads, resumable, with DCT-domain JPEG downscaling."""
+"""datasets.prepare: a resized MAMe copy that load_dataset reads, resumable, with DCT-domain JPEG downscaling."""
 
 from __future__ import annotations
 

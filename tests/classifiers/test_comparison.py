@@ -1,10 +1,11 @@
-"""Classifier comparison on feature stores: every classifier x feature set, outputs, skops round trip."""
+"""classifiers.comparison (+ estimators): classifiers compared on feature stores: every classifier x feature set, outputs, skops round trip."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from file_checks import png_size, read_csv, read_json
 
 from mame_transfer import classify
 from mame_transfer.classifiers.comparison import (
@@ -87,6 +88,16 @@ def test_every_classifier_and_feature_set(tmp_path):
                  "confusion_matrix_test.png", "best_model.skops", "best_model.json"):
         assert (out / name).is_file(), name
     assert len(pd.read_csv(out / "results.csv")) == len(t)
+    read_csv(out / "results.csv", ["feature_set", "classifier", "val_top1", "test_top1", "fit_s", "params"], len(t))
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0] == "# Classifier comparison" and "synthetic" in md
+    assert sum(line.startswith("| ") for line in md) == len(t) + 1  # header + one row per pipeline
+    for name in ("accuracy.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
+        png_size(out / name)
+    best_json = read_json(out / "best_model.json", ["classifier", "feature_set", "params", "classes", "val_top1"])
+    assert (best_json["classifier"], best_json["feature_set"]) == (result.best_row["classifier"],
+                                                                   result.best_row["feature_set"])
+    assert best_json["classes"] == ["Ceramic", "Etching", "Woodcut"] and best_json["val_top1"] == pytest.approx(best)
     # skops round trip: the loaded pipeline predicts exactly like the fitted one
     loaded = load_pipeline(out / "best_model.skops")
     inputs = build_inputs(source, result.best_row["feature_set"], umap_components=2,

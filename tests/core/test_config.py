@@ -1,4 +1,4 @@
-"""Configuration: defaults < YAML < flags; unknown keys and bad values are named."""
+"""core.config: defaults < YAML < flags; unknown keys and bad values are named."""
 
 from __future__ import annotations
 
@@ -63,5 +63,5 @@ def test_readme_options_table_matches_the_code():
     """The README lists every option with its default; refresh with `python -m mame_transfer.core.config README.md`."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert cfg.options_markdown() in readme

@@ -1,10 +1,14 @@
-"""Registry-wide: every backbone builds flat, freezes by block name, keeps BatchNormalization frozen."""
+"""models.backbones: every registry entry builds flat, freezes by block name, keeps BatchNormalization frozen;
+block and freeze names; the offline weights check (named file and folder) and real ImageNet weights."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
+from mame_transfer import finetune
 from mame_transfer.core.errors import ConfigError, WeightsError
 from mame_transfer.models import backbones
 from mame_transfer.models.build import (
@@ -55,13 +59,6 @@ def test_registry_entry_builds_flat_model_and_freezes_by_block(arch):
     assert all(not l.trainable for l in bn)
 
 
-def test_forward_pass_shapes_on_batch():
-    model = build_model("test_tiny", 3, image_size=32, weights=None, head="8")
-    out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32") * 255, verbose=0)
-    assert out.shape == (2, 3)
-    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
-
-
 def test_unknown_block_and_arch_are_named():
     with pytest.raises(ConfigError, match=r"vgg16 has no block 'block9'.*block1, block2"):
         build_model("vgg16", 3, image_size=32, weights=None, freeze_until="block9")
@@ -75,14 +72,6 @@ def test_auto_freeze_uses_registry_default():
     assert model.get_layer("block2_conv1").trainable
 
 
-def test_head_options():
-    model = build_model("test_tiny", 3, image_size=32, weights=None, head="none", pooling="max", l2=0.1)
-    assert embedding_layer_name(model) == "global_pool"
-    assert model.get_layer("predictions").kernel_regularizer is not None
-    with pytest.raises(ConfigError, match="comma-separated"):
-        build_model("test_tiny", 3, image_size=32, weights=None, head="big")
-
-
 def test_offline_imagenet_error_names_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(backbones, "keras_models_dirs", lambda: [tmp_path / "models"])
@@ -92,6 +81,19 @@ def test_offline_imagenet_error_names_file_and_folder(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
     assert str(tmp_path / "models") in msg and "KERAS_HOME" in msg and "--weights none" in msg
+
+
+def test_offline_demo_stops_fast_naming_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr(backbones, "_host_reachable", lambda url, timeout=4.0: False)
+    start = time.time()
+    code = finetune.main(["--demo", "--arch", "mobilenet", "--alpha", "0.25", "--image-size", "64", "--epochs", "1",
+                          "--out", str(tmp_path / "run"), "--verbose", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.time() - start < 30
+    assert "mobilenet_2_5_224_tf_no_top.h5" in err
+    assert "KERAS_HOME" in err and "--weights none" in err
 
 
 def test_missing_weights_path_is_named(tmp_path):
