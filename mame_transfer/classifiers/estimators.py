@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.core.errors import ConfigError, DataError, shorten_list
 from mame_transfer.core.fileio import atomic_path
 
 CLASSIFIERS = ("linear_svc", "svc_rbf", "svc_sigmoid", "logreg", "knn", "random_forest", "voting")
@@ -83,16 +83,82 @@ def save_pipeline(model, path: str | Path) -> Path:
     return Path(path)
 
 
+def saved_types() -> frozenset[str]:
+    """Every class a fitted pipeline of :data:`CLASSIFIERS` is made of: what :func:`load_pipeline` accepts.
+
+    Built from the classes themselves (not from spelled-out module paths), so it follows scikit-learn's private
+    module layout from one release to the next.
+    """
+    from sklearn.ensemble import RandomForestClassifier, VotingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import DistanceMetric
+    from sklearn.neighbors import BallTree, KDTree, KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import LabelEncoder, StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree._tree import Tree
+    from sklearn.utils import Bunch
+
+    metrics = {type(DistanceMetric.get_metric("euclidean")), type(DistanceMetric.get_metric("minkowski", p=3))}
+    classes = {Pipeline, StandardScaler, LinearSVC, SVC, LogisticRegression, KNeighborsClassifier, KDTree, BallTree,
+               RandomForestClassifier, DecisionTreeClassifier, Tree, VotingClassifier, LabelEncoder, Bunch, *metrics}
+    return frozenset(f"{c.__module__}.{c.__qualname__}" for c in classes) | _PLAIN_TYPES
+
+
+# What the arrays and plain values inside those objects are: containers, scalars and numeric numpy dtypes.
+_PLAIN_TYPES = frozenset(
+    [f"builtins.{t}" for t in ("dict", "list", "tuple", "set", "str", "int", "float", "bool", "NoneType", "bytes")]
+    + [f"numpy.{t}" for t in ("ndarray", "dtype", "bool_", "float16", "float32", "float64", "int8", "int16",
+                              "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intp", "uintp")])
+# skops node kinds that only rebuild data or construct an allowed class; a function, method, partial or generic
+# ``__reduce__`` node (what a payload needs to call code) is never accepted.
+_DATA_NODES = frozenset({"ObjectNode", "DictNode", "ListNode", "SetNode", "TupleNode", "JsonNode", "NdArrayNode",
+                         "DTypeNode", "TypeNode", "TreeNode", "BytesNode"})
+
+
+def file_types(path: str | Path) -> list[tuple[str, str]]:
+    """``(node kind, module.class)`` of every object a ``.skops`` file would build, read from its schema only."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .skops file (a zip archive holding schema.json): {exc}") from None
+    found: set[tuple[str, str]] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add((str(node.get("__loader__")), f"{node.get('__module__')}.{node['__class__']}"))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(found)
+
+
 def load_pipeline(path: str | Path):
-    """Load a pipeline written by :func:`save_pipeline`, trusting only the types skops reports for this file."""
+    """Load a pipeline written by :func:`save_pipeline`; any other content is refused before anything is built.
+
+    A ``.skops`` file can name any importable function (``numpy.testing``'s ``runstring`` calls ``exec``), so
+    trusting "everything under ``sklearn.`` or ``numpy.``" runs code. Only the classes this package saves
+    (:func:`saved_types`) and plain data are accepted; a function node of any kind is refused.
+
+    Raises:
+        DataError: naming the file and every type or node kind outside the allowlist.
+    """
     import skops.io as sio
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    untrusted = sio.get_untrusted_types(file=path)
-    unexpected = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
-    if unexpected:
-        raise DataError(f"{path} holds types outside scikit-learn/numpy: {unexpected}; refusing to load")
-    return sio.load(path, trusted=untrusted)
-
+    allowed = saved_types()
+    bad = sorted({f"{name} ({kind})" for kind, name in file_types(path)
+                  if kind not in _DATA_NODES or name not in allowed})
+    if bad:
+        raise DataError(f"{path} holds types that mame_transfer never saves: {shorten_list(bad)}. Refusing to load "
+                        f"it: such a file can run code. Load only pipelines written by classify (save_pipeline).")
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
