@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="parallel CV fits")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison at --out")
     return p
 
 
@@ -79,7 +80,7 @@ def _classify(a) -> None:
             else feature_sets_for(a.with_)
     result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
                      umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
-    write_outputs(result, a.out, description=source.description)
+    write_outputs(result, a.out, description=source.description, overwrite=a.overwrite)
     print(markdown_table(result.table[["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1",
                                        "test_top1", "fit_s"]]))
     print(f"best by val top-1: {result.best_row['classifier']} on {result.best_row['feature_set']} -> {a.out}")

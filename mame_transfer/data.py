@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="output folder (MAMe layout)")
     imp.add_argument("--museum", default=None, help=f"value of the Museum column (default {UNKNOWN_MUSEUM!r})")
     imp.add_argument("--copy", action="store_true", help="copy the images instead of linking the source folder")
+    imp.add_argument("--overwrite", action="store_true", help="replace an earlier import at --out")
     chk = commands.add_parser("check", help="validate a dataset and print rows per split and class")
     chk.add_argument("path", help="MAMe root / metadata folder / CSV, or class-per-folder root")
     chk.add_argument("--toy", action="store_true", help="read MAMe_toy_dataset.csv")
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _data(args) -> None:
     if args.command == "import":
         dataset = read_folders(args.root, museum=args.museum)
-        out = write_mame(dataset, args.out, copy_images=args.copy)
+        out = write_mame(dataset, args.out, copy_images=args.copy, overwrite=args.overwrite)
         print(f"Imported {len(dataset.table)} images, {dataset.num_classes} classes from {dataset.root} -> {out}")
     else:
         require = tuple(s.strip() for s in args.require.split(",") if s.strip())

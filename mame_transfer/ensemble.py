@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--out", help="output folder (default <parent of the first run>/ensemble-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble at --out")
     return parser
 
 
@@ -43,7 +44,7 @@ def _ensemble(args) -> None:
 
     out = args.out or Path(args.runs[0]).resolve().parent / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
     frame, _ = ensemble_runs(args.runs, split=args.split, weighted=args.weighted, data_path=args.data, out=out,
-                             batch_size=args.batch_size, tta=args.tta)
+                             batch_size=args.batch_size, tta=args.tta, overwrite=args.overwrite)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"written to {out}")
 

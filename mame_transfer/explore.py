@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-thumbs", action="store_true", help="skip thumbnails (placeholders)")
     parser.add_argument("--thumb-size", type=int, default=THUMB_SIZE)
     parser.add_argument("--pca-dim", type=int, default=PCA_DIM, help="dims of the in-page distribution (64)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier explorer site at --out")
     parser.add_argument("--serve", action="store_true", help="serve the site on http://127.0.0.1:PORT/")
     parser.add_argument("--port", type=int, default=8765)
     return parser
@@ -57,7 +58,7 @@ def _explore(args) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExplorerWarning)
         site = build_site(args.store, out, k=args.k, compare=args.compare, thumbnails=not args.no_thumbs,
-                          thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve,
+                          thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve, overwrite=args.overwrite,
                           log=lambda m: print(m, file=sys.stderr))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

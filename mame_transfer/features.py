@@ -66,6 +66,7 @@ def build_projector_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-set", default=EMBEDDINGS)
     p.add_argument("--limit", type=int, help="first N rows only")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier projector files at --out")
     return p
 
 
@@ -90,7 +91,8 @@ def _export(a) -> None:
 def _projector(a) -> None:
     from mame_transfer.store.projector import export_projector
 
-    print(export_projector(a.store, a.split, a.out, feature_set=a.feature_set, limit=a.limit))
+    print(export_projector(a.store, a.split, a.out, feature_set=a.feature_set, limit=a.limit,
+                           overwrite=a.overwrite))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

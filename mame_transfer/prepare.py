@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-draft", dest="draft", action="store_false",
                         help="decode JPEGs at full resolution (no DCT-domain downscaling)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo an --out folder prepared with other settings (--size, --keep-aspect, --no-draft)")
     return parser
 
 
@@ -51,7 +53,8 @@ def _prepare(args) -> None:
     from mame_transfer.datasets.prepare import prepare
 
     result = prepare(args.data, args.out, args.size, keep_aspect=args.keep_aspect, draft=args.draft,
-                     workers=args.workers, images=args.images, progress=not args.quiet)
+                     workers=args.workers, images=args.images, progress=not args.quiet,
+                     overwrite=args.overwrite)
     rate = result["written"] / result["seconds"] if result["seconds"] > 0 else 0.0
     print(json.dumps({"out": str(args.out), "written": result["written"], "skipped": result["skipped"],
                       "seconds": round(result["seconds"], 2), "images_per_second": round(rate, 1)}))

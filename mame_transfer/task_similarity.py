@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="logreg", help="classifier of the similarity score (see classify)")
     p.add_argument("--full-grid", action="store_true", help="full hyperparameter grid (default: the fast one)")
     p.add_argument("--out", help="folder for imagenet_labels.csv, similarity.csv, task_similarity.md")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results at --out")
     return p
 
 
@@ -39,7 +40,8 @@ def _task_similarity(args) -> None:
     from mame_transfer.classifiers.similarity import analyse, arrow_lines
 
     labels_table, scores = analyse(args.store, args.out, split=args.split, top=args.top,
-                                   classifier=args.classifier, fast=not args.full_grid)
+                                   classifier=args.classifier, fast=not args.full_grid,
+                                   overwrite=args.overwrite)
     print("\n".join(arrow_lines(labels_table)))
     print(scores.to_string(index=False))
 

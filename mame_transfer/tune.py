@@ -53,7 +53,8 @@ def _tune(args) -> None:
         tuner={"algorithm": args.algorithm, "objective": args.objective, "max_trials": args.max_trials,
                "seed": args.seed},
         base={"seed": args.seed, "epochs": args.epochs, "image_size": args.image_size})
-    summary = run_search(spec, folder, overwrite=args.overwrite, verbose=args.verbose, **overrides)
+    summary = run_search(spec, folder, overwrite=args.overwrite, verbose=args.verbose, resume=args.resume,
+                         **overrides)
     if summary:  # None on a distributed worker: the chief writes the results
         print(f"best trial {summary['best_trial']}: {summary['objective']} {summary['best_score']:.4f} "
               f"({summary['trials']} trials, {summary['route']}); retrain with: python -m mame_transfer.finetune "

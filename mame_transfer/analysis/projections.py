@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mame_transfer.analysis.outputs import AnalysisResult
+from mame_transfer.analysis.outputs import PROJECTIONS_DIR, AnalysisResult, claim_output
 from mame_transfer.core.errors import ConfigError
 
 METHODS = ("pca", "tsne", "umap")
@@ -279,7 +279,7 @@ def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_c
     meta = {s: feats.metadata(s) for s in [split, *apply]}
     res = project(emb, meta, method=method, dims=dims, fit_split=split, apply_splits=apply, per_class=per_class,
                   seed=seed, standardize=standardize)
-    out = Path(out) if out else Path(store) / "projections"
+    out = claim_output(out or Path(store) / PROJECTIONS_DIR, "project")
     stem = f"{method}_{dims}d_{split}" + "".join(f"+{s}" for s in apply)
     coords = np.concatenate([res.coords[s] for s in res.coords])
     labels = np.concatenate([res.meta[s]["label"].to_numpy() for s in res.meta])

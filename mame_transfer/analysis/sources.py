@@ -219,8 +219,10 @@ def thumbnail(path: str, size: int = 96) -> np.ndarray:
     """A square RGB uint8 thumbnail of an image file (centre-padded), for grids and the report."""
     from PIL import Image
 
+    from mame_transfer.datasets.images import to_rgb
+
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = to_rgb(im)
         im.thumbnail((size, size))
         canvas = Image.new("RGB", (size, size), (255, 255, 255))
         canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))

@@ -33,7 +33,7 @@ from mame_transfer.classifiers.estimators import (
 )
 from mame_transfer.core.cli import choices_list
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import write_json, write_text
+from mame_transfer.core.fileio import atomic_path, output_folder, write_json, write_text
 
 FEATURE_SETS = ("embeddings", "embeddings+metadata", "embeddings+metadata+umap", "metadata")
 
@@ -293,14 +293,28 @@ def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):
                             title=f"{metric.replace('_', ' ')} by feature set and classifier")
 
 
-def write_outputs(result: Comparison, out: str | Path, *, description: str = "") -> Path:
-    """results.csv, results.md, accuracy.png, confusion matrices of the best pipeline, best_model.skops/.json."""
+KIND = "classifier-comparison"  # the owner kind of a classify output folder
+
+
+def write_outputs(result: Comparison, out: str | Path, *, description: str = "", overwrite: bool = False) -> Path:
+    """results.csv, results.md, accuracy.png, confusion matrices of the best pipeline, best_model.skops/.json.
+
+    ``out`` is written whole; it must be new, empty or an earlier comparison (replaced only with ``overwrite``).
+    """
+    target = Path(out)
+    with output_folder(target, KIND, overwrite=overwrite, what="classifier comparison", command="classify",
+                       legacy=lambda p: (p / "results.csv").is_file() and (p / "best_model.json").is_file()) \
+            as existed, atomic_path(target, kind=KIND, replace=existed) as tmp:
+        tmp.mkdir()
+        _write_outputs(result, tmp, description)
+    return target
+
+
+def _write_outputs(result: Comparison, out: Path, description: str) -> None:
     from sklearn.metrics import confusion_matrix
 
     from mame_transfer.core import plots
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.csv", result.table.to_csv(index=False))
     head = f"# Classifier comparison\n\n{description}\n\n" if description else "# Classifier comparison\n\n"
     write_text(out / "results.md", head + markdown_table(result.table))
@@ -318,7 +332,6 @@ def write_outputs(result: Comparison, out: str | Path, *, description: str = "")
         "feature_names": result.feature_names, "val_top1": result.best_row["val_top1"],
         "test_top1": result.best_row["test_top1"], "source": description,
         "note": "UMAP columns (if any) come from a UMAP fitted on the train split; it is not part of the pipeline"})
-    return out
 
 
 def feature_sets_for(with_: str | None) -> list[str]:

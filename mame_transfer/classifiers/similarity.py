@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError, WeightsError
-from mame_transfer.core.fileio import write_text
+from mame_transfer.core.fileio import atomic_path, output_folder, write_text
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 
@@ -101,9 +100,17 @@ def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, s
     return out
 
 
+KIND = "task-similarity"  # the owner kind of a task_similarity output folder
+
+
 def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None, *, split: str = "val",
-            top: int = 3, classifier: str = "logreg", fast: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both views for a store with ``imagenet_probs``; writes CSV + Markdown to ``out`` when given."""
+            top: int = 3, classifier: str = "logreg", fast: bool = True,
+            overwrite: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both views for a store with ``imagenet_probs``; writes CSV + Markdown to ``out`` when given.
+
+    ``out`` is written whole; it must be new, empty or earlier task-similarity results (replaced only with
+    ``overwrite``).
+    """
     from mame_transfer.classifiers.comparison import markdown_table
     from mame_transfer.store.store import IMAGENET_PROBS, MANIFEST, load_store
 
@@ -116,14 +123,17 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     labels_table = top_imagenet_labels(probs, store.metadata(split)["label"].astype(str), store.classes, names, top)
     scores = similarity_scores(store, classifier=classifier, fast=fast)
     if out is not None:
-        out = Path(out)
-        write_text(out / "imagenet_labels.csv", labels_table.to_csv(index=False))
-        write_text(out / "similarity.csv", scores.to_csv(index=False))
-        man = store.manifest
-        write_text(out / "task_similarity.md",
-                   f"# Task similarity: {man.get('arch')} (alpha {man.get('alpha')}) on {split}\n\n"
-                   f"## Most frequent ImageNet top-1 labels per class\n\n{markdown_table(labels_table)}\n"
-                   f"## Accuracy on the ImageNet output vs the embeddings\n\n{markdown_table(scores)}")
+        with output_folder(out, KIND, overwrite=overwrite, what="task similarity result", command="task_similarity",
+                           legacy=lambda p: (p / "similarity.csv").is_file()) as existed, \
+                atomic_path(out, kind=KIND, replace=existed) as tmp:
+            tmp.mkdir()
+            write_text(tmp / "imagenet_labels.csv", labels_table.to_csv(index=False))
+            write_text(tmp / "similarity.csv", scores.to_csv(index=False))
+            man = store.manifest
+            write_text(tmp / "task_similarity.md",
+                       f"# Task similarity: {man.get('arch')} (alpha {man.get('alpha')}) on {split}\n\n"
+                       f"## Most frequent ImageNet top-1 labels per class\n\n{markdown_table(labels_table)}\n"
+                       f"## Accuracy on the ImageNet output vs the embeddings\n\n{markdown_table(scores)}")
     return labels_table, scores
 
 

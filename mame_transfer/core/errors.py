@@ -21,6 +21,10 @@ class WeightsError(MameTransferError, RuntimeError):
     """Pretrained weights cannot be found or loaded."""
 
 
+class OutputError(ConfigError):
+    """An output folder cannot be written: not this command's own, a replace without --overwrite, or locked."""
+
+
 LIST_LIMIT = 10  # how many offending rows/files an error message lists before summarising
 
 

@@ -76,8 +76,9 @@ def ensure_demo(
     if _is_complete(root):
         return root
     try:
-        # Generated in a temporary folder and moved into place whole: an interrupted run leaves no root.
-        with atomic_path(root) as tmp:
+        # Generated in a temporary folder and moved into place whole: an interrupted run leaves no root. The folder
+        # is the package's own cache entry, so an older or incomplete one is replaced.
+        with atomic_path(root, kind="demo-set", replace=True) as tmp:
             generate(tmp, seed=seed, sizes=sizes)
     except OSError:
         if _is_complete(root):  # another process finished first

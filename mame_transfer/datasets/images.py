@@ -77,6 +77,20 @@ def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
     return size, None
 
 
+def to_rgb(im):
+    """A PIL image as 8-bit RGB, 16-bit and 32-bit grey levels scaled down (PIL's own convert clips them to white)."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        # 16-bit files (PNG, TIFF) come as I;16 or I; a float image is taken as 0..1 when it fits there
+        top = 1.0 if im.mode == "F" and values.max(initial=0) <= 1.0 else 255.0 if values.max(initial=0) <= 255 \
+            else 65535.0
+        im = Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 def looks_complete(data):
     """In-graph twin of :func:`_probe`: magic bytes plus, for JPEG/PNG, the end marker."""
     import tensorflow as tf

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import LIST_LIMIT, DataError, shorten_list
-from mame_transfer.core.fileio import atomic_path
+from mame_transfer.core.fileio import atomic_path, output_folder
 from mame_transfer.datasets.images import check_images
 from mame_transfer.datasets.tables import (
     COLUMNS,
@@ -236,17 +236,23 @@ def _check_table_files(table: pd.DataFrame, csv_path: Path, image_root: Path) ->
         raise DataError(f"{csv_path}: " + "\n  ".join(sections))
 
 
-def write_mame(dataset: Dataset, out: str | os.PathLike, *, copy_images: bool = False) -> Path:
+IMPORT_KIND = "mame-import"  # the owner kind of a folder written by write_mame
+
+
+def write_mame(dataset: Dataset, out: str | os.PathLike, *, copy_images: bool = False, overwrite: bool = False) -> Path:
     """Write ``dataset`` in the MAMe layout: ``out/MAMe_metadata/{MAMe_dataset,MAMe_labels}.csv`` + ``out/data``.
 
     ``out/data`` is a symlink to the source image folder, or a copy of the listed images with ``copy_images``.
-    The whole folder is written atomically; an earlier import at ``out`` is replaced, any other non-empty
-    folder is refused.
+    The whole folder is written atomically; an earlier import at ``out`` is replaced only with ``overwrite``, any
+    other non-empty folder is refused.
     """
     out = Path(os.path.abspath(out))
-    earlier_import = (out / "MAMe_metadata" / DATASET_CSV).is_file()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not earlier_import:
-        raise DataError(f"{out} exists and is not an earlier MAMe import; choose an empty or new --out folder.")
+    with output_folder(out, IMPORT_KIND, overwrite=overwrite, what="MAMe import", command="data import",
+                       legacy=lambda p: (p / "MAMe_metadata" / DATASET_CSV).is_file()) as existed:
+        return _write_mame(dataset, out, copy_images=copy_images, replace=existed)
+
+
+def _write_mame(dataset: Dataset, out: Path, *, copy_images: bool, replace: bool) -> Path:
     table = dataset.table
     paths = [os.path.abspath(p) for p in table["path"]]
     image_root = Path(os.path.abspath(dataset.image_root)) if dataset.image_root else None
@@ -269,7 +275,7 @@ def write_mame(dataset: Dataset, out: str | os.PathLike, *, copy_images: bool = 
         },
         columns=COLUMNS,
     )
-    with atomic_path(out) as tmp:
+    with atomic_path(out, kind=IMPORT_KIND, replace=replace) as tmp:
         meta = tmp / "MAMe_metadata"
         meta.mkdir(parents=True)
         frame.to_csv(meta / DATASET_CSV, index=False)

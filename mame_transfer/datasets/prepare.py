@@ -5,23 +5,29 @@ this step pays that cost once. Output: the same MAMe layout (metadata CSVs copie
 ``<out>/data_256/`` for ``size=256`` and ``<out>/data/`` otherwise, square (the fixed-shape baseline) or with the
 shorter side at ``size`` (``keep_aspect``). JPEGs are decoded with DCT-domain downscaling (``PIL.Image.draft``)
 before the antialiased resize; each output is written to a temporary file and renamed, so an interrupted run
-resumes where it stopped.
+resumes where it stopped. The output folder records the settings it was prepared with: a rerun with another
+``size``, ``keep_aspect``, ``draft`` or source is refused (or, with ``overwrite``, redone from scratch), never
+mixed. Worker processes exit by themselves when the command is killed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mame_transfer.core.errors import DataError
-from mame_transfer.core.fileio import write_json
+from mame_transfer.core.errors import DataError, OutputError
+from mame_transfer.core.fileio import check_output, locked, mark, owner, write_json
+from mame_transfer.datasets.images import to_rgb
 
 MARKER = ".prepare.json"
 QUALITY = 95
+KIND = "prepared-dataset"  # the owner kind of a prepare output folder
 
 
 def target_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[int, int]:
@@ -44,7 +50,7 @@ def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, dra
         if draft and im.format == "JPEG":
             # libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, keeping both sides >= the requested size.
             im.draft("RGB", (tw, th))
-        im = im.convert("RGB")
+        im = to_rgb(im)
         if im.size != (tw, th):
             im = im.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
         dst_path = Path(dst)
@@ -57,6 +63,28 @@ def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, dra
         finally:
             tmp.unlink(missing_ok=True)
     return w0, h0
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the command that started the pool is gone (``kill -9``).
+
+    A killed parent never shuts its pool down, and workers forked from it wait on their task queue forever.
+    """
+    own_parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:
+                pass
+            if os.getppid() != own_parent:  # re-parented: the process that forked this worker died
+                os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def _work(job):
@@ -74,7 +102,7 @@ def image_dir_name(size: int) -> str:
 
 def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *, keep_aspect: bool = False,
             draft: bool = True, workers: int | None = None, images: str | os.PathLike | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, overwrite: bool = False) -> dict:
     """Resize every image of a MAMe layout into ``out`` (see the module docstring).
 
     Returns:
@@ -83,8 +111,9 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
     Raises:
         DataError: the source is not a MAMe layout, ``out`` is the source, or some images could not be converted
             (after converting all the others; rerun to retry).
+        OutputError: ``out`` holds anything but an earlier prepare, or one with other settings (without
+            ``overwrite``), or another process is writing it.
     """
-    from mame_transfer.core.errors import shorten_list
     from mame_transfer.datasets.layouts import detect_layout
     from mame_transfer.datasets.mame import read_mame
 
@@ -98,6 +127,42 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
     src_root = Path(dataset.image_root)
     if out == Path(dataset.root) or out == src_root:
         raise DataError(f"--out {out} is the source dataset; choose a new folder.")
+    settings = {"source": str(dataset.source), "images": str(src_root), "size": int(size),
+                "keep_aspect": bool(keep_aspect), "draft": bool(draft)}
+    with locked(out, "prepare"):
+        if check_output(out, KIND, additive=True, legacy=lambda p: (p / MARKER).is_file(), what="prepared copy"):
+            changes = _changes(out, settings)
+            if changes and not overwrite:
+                raise OutputError(f"--out {out} was prepared with other settings ({'; '.join(changes)}); finishing it "
+                                  f"would mix two sizes. Pass --overwrite to redo it, or choose another --out.")
+            if changes:
+                shutil.rmtree(out)  # our own earlier copy (checked above), redone from scratch
+        out.mkdir(parents=True, exist_ok=True)
+        mark(out, KIND, settings=settings, complete=False)
+        result = _resize_all(dataset, src_root, out, size, keep_aspect, draft, workers, progress)
+        _copy_metadata(dataset.source, out)
+        write_json(out / MARKER, {"source": str(data), "size": size, "keep_aspect": keep_aspect, "draft": draft,
+                                  "images": result.pop("images")})
+        mark(out, KIND, settings=settings, complete=True)
+    return result
+
+
+def _changes(out: Path, settings: dict) -> list[str]:
+    """Settings of the earlier prepare at ``out`` that differ from ``settings``."""
+    saved = (owner(out) or {}).get("settings")
+    if saved is None:  # prepared before owner files: its .prepare.json (written when it completed)
+        try:
+            legacy = json.loads((out / MARKER).read_text())
+        except (OSError, ValueError):
+            legacy = {}
+        saved = {k: legacy.get(k) for k in ("size", "keep_aspect", "draft")}
+        settings = {k: settings[k] for k in saved}
+    return [f"{k} {saved.get(k)!r} (now {settings[k]!r})" for k in settings if saved.get(k) != settings[k]]
+
+
+def _resize_all(dataset, src_root: Path, out: Path, size: int, keep_aspect: bool, draft: bool, workers, progress):
+    from mame_transfer.core.errors import shorten_list
+
     image_out = out / image_dir_name(size)
     names = sorted(set(dataset.table["image"].astype(str)))
     jobs, skipped = [], 0
@@ -120,7 +185,7 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
             results = map(_work, jobs)
             pool = None
         else:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_watch_parent, initargs=(os.getpid(),))
             results = pool.map(_work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8) or 1)))
         for src, err in results:
             if err:
@@ -137,10 +202,7 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
         raise DataError(f"{len(failed)} of {len(names)} image(s) under {src_root} could not be converted: "
                         f"{shorten_list([f'{n} ({e})' for n, e in failed])}. The others are written; fix or "
                         f"remove these files and rerun the same command.")
-    _copy_metadata(dataset.source, out)
-    write_json(out / MARKER, {"source": str(data), "size": size, "keep_aspect": keep_aspect, "draft": draft,
-                              "images": len(names)})
-    return {"written": len(jobs), "skipped": skipped, "failed": failed, "seconds": seconds}
+    return {"written": len(jobs), "skipped": skipped, "failed": failed, "seconds": seconds, "images": len(names)}
 
 
 def _copy_metadata(csv_path: Path, out: Path) -> None:

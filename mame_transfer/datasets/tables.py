@@ -6,6 +6,8 @@ apart. Column names of the MAMe CSV and of the table live here, so both readers 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +116,21 @@ class Dataset:
         counts.index.name = "class"
         counts.columns.name = None
         return counts
+
+
+def content_hash(table: pd.DataFrame) -> str:
+    """sha256 over every row's image, label and subset and its file's size and mtime: the identity of a data set.
+
+    Two tables hash alike only when they list the same files, unchanged on disk, with the same labels and splits;
+    a resumed run or search compares it to refuse continuing on other data.
+    """
+    h = hashlib.sha256()
+    cols = [table[c].astype(str).tolist() for c in ("image", "label", "subset", "path")]
+    for image, label, subset, path in sorted(zip(*cols)):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}\t{int(st.st_mtime)}"
+        except OSError:
+            stamp = "-\t-"
+        h.update(f"{image}\t{label}\t{subset}\t{stamp}\n".encode())
+    return h.hexdigest()

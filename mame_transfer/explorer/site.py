@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import atomic_path, write_json
+from mame_transfer.core.fileio import atomic_path, check_output, locked, write_json
+from mame_transfer.datasets.images import to_rgb
 from mame_transfer.explorer.neighbours import (
     BLOCK,
     PCA_DIM,
@@ -42,6 +43,7 @@ CHUNK = 2048  # items per on-demand data file
 THUMB_SIZE = 112
 THUMBS_PER_DIR = 1000
 BUILD_FILE = "build.json"
+SITE_KIND = "explorer-site"  # the owner kind of a site folder
 
 
 class ExplorerWarning(UserWarning):
@@ -116,7 +118,7 @@ def _thumb(src: str, dst: Path, size: int) -> str | None:
     try:
         with Image.open(src) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for large files
-            img = img.convert("RGB")
+            img = to_rgb(img)
             img.thumbnail((size, size))
             img.save(dst, "JPEG", quality=80)
         return None
@@ -191,12 +193,14 @@ def _asset_text(name: str) -> str:
 
 def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thumbnails: bool = True,
                thumb_size: int = THUMB_SIZE, pca_dim: int = PCA_DIM, chunk: int = CHUNK, block: int = BLOCK,
-               reuse: bool = False, log=None) -> Site:
+               reuse: bool = False, overwrite: bool = False, log=None) -> Site:
     """Build the explorer site of a feature store.
 
     Args:
         store: a ``FeatureStore`` or its path.
-        out: site folder (replaced whole, atomically).
+        out: site folder, written whole (atomically). It must be new, empty or an explorer site: any other folder
+            is refused (:func:`~mame_transfer.core.fileio.check_output`), and an earlier site is replaced only
+            with ``overwrite`` (or kept by ``reuse``).
         k: neighbours per item.
         compare: a second store (or path) whose neighbours are shown beside, matched by ``image``.
         thumbnails: make thumbnails from the metadata ``path`` column (False: placeholders for all).
@@ -205,6 +209,7 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
         chunk: items per on-demand data file.
         block: query rows per similarity block.
         reuse: keep an existing site built from the same inputs and options.
+        overwrite: replace an earlier explorer site at ``out``.
         log: callable receiving progress lines (default: none).
 
     Returns:
@@ -225,16 +230,31 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
     out = Path(out)
     options = {"k": k, "thumbnails": thumbnails, "thumb_size": thumb_size, "pca_dim": pca_dim, "chunk": chunk}
     key = _build_key(store, other, options)
-    if reuse and (out / BUILD_FILE).is_file():
-        try:
-            old = json.loads((out / BUILD_FILE).read_text())
-        except ValueError:
-            old = {}
-        if old.get("key") == key:
-            say(f"{out}: up to date (built from the same store and options); reusing it.")
-            return Site(out, int(old["n"]), int(old["k"]), list(old.get("missing", [])), reused=True,
-                        approx=old.get("approx", {}), timings=old.get("timings", {}))
+    owned = dict(kind=SITE_KIND, legacy=_is_site, what="explorer site")
+    with locked(out, "explore"):
+        existed = check_output(out, overwrite=True, **owned)  # refuses any folder that is not a site
+        if reuse and existed:
+            try:
+                old = json.loads((out / BUILD_FILE).read_text())
+            except (OSError, ValueError):
+                old = {}
+            if old.get("key") == key:
+                say(f"{out}: up to date (built from the same store and options); reusing it.")
+                return Site(out, int(old["n"]), int(old["k"]), list(old.get("missing", [])), reused=True,
+                            approx=old.get("approx", {}), timings=old.get("timings", {}))
+        check_output(out, overwrite=overwrite, **owned)
+        return _build(store, other, out, key, k=k, thumbnails=thumbnails, thumb_size=thumb_size, pca_dim=pca_dim,
+                      chunk=chunk, block=block, replace=existed, say=say)
 
+
+def _is_site(path: Path) -> bool:
+    """A site written before folders carried an owner file."""
+    return (path / BUILD_FILE).is_file() and (path / "index.html").is_file()
+
+
+def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb_size: int, pca_dim: int,
+           chunk: int, block: int, replace: bool, say) -> Site:
+    """Compute and write the site (``out`` already checked and locked by :func:`build_site`)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     emb, meta = collection(store)
@@ -306,7 +326,7 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
     split_names = list(dict.fromkeys(meta["split"]))
     class_idx = {c: i for i, c in enumerate(classes)}
 
-    with atomic_path(out) as tmp:
+    with atomic_path(out, kind=SITE_KIND, replace=replace) as tmp:
         tmp.mkdir()
         t = time.perf_counter()
         if thumbnails:

@@ -20,15 +20,17 @@ import pandas as pd
 
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import PARTIAL, write_json, write_text
+from mame_transfer.core.fileio import PARTIAL, check_output, locked, mark, write_json, write_text
 from mame_transfer.store.store import (
     EMBEDDINGS,
     FORMAT,
     IMAGENET_PROBS,
     MANIFEST,
     PROGRESS,
+    STORE_KIND,
     FeatureStore,
     input_hash,
+    is_store,
     load_store,
     metadata_frame,
 )
@@ -158,12 +160,25 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         splits: subsets to export (default: all present).
         imagenet_probs: also store the 1000 ImageNet probabilities of the backbone with its ImageNet head.
         seed: seed of random initial weights (``weights=None``).
-        overwrite: replace an existing complete store at ``out``.
+        overwrite: replace an existing complete store at ``out``. Any folder at ``out`` (or ``<out>.partial``)
+            that is not a feature store is refused, with or without it.
         jitter: average each image's features over flips and crops (Razavian et al. 2014, :func:`tta.jitter_views`).
     """
     out = Path(out)
-    if (out / MANIFEST).is_file() and not overwrite:
-        raise ConfigError(f"feature store {out} already exists; pass --overwrite to replace it or choose another --out")
+    with locked(out, "features"):
+        existed = check_output(out, STORE_KIND, overwrite=overwrite, legacy=is_store, what="feature store")
+        work = out.with_name(out.name + PARTIAL)
+        # An interrupted export of ours is resumed or redone; a foreign folder of that name is never touched.
+        check_output(work, STORE_KIND, additive=True, legacy=lambda p: (p / PROGRESS).is_file(),
+                     what="interrupted feature export", flag="--out (its .partial folder)")
+        return _export(out, work, existed, dataset, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
+                       run=run, layer=layer, splits=splits, batch_size=batch_size, imagenet_probs=imagenet_probs,
+                       verbose=verbose, jitter=jitter, seed=seed)
+
+
+def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weights, image_size, run, layer, splits,
+            batch_size, imagenet_probs, verbose, jitter, seed) -> FeatureStore:
+    """The body of :func:`export`, with ``out`` locked and checked."""
     splits = list(splits or dataset.subsets)
     for s in splits:
         if s not in dataset.subsets:
@@ -182,7 +197,6 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
                     dataset=str(dataset.source or dataset.root),
                     feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),
                     splits={s: {"n": len(t), "dim": dim} for s, t in tables.items()})
-    work = out.with_name(out.name + PARTIAL)
     progress = _open_progress(work, manifest)
     jobs = [(EMBEDDINGS, feat, info["image_size"], dim)]
     if imagenet_probs:
@@ -213,9 +227,14 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(work / MANIFEST, manifest)
     (work / PROGRESS).unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    if existed:  # our own earlier store (checked), replaced only now that the new one is complete
+        old = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
     return load_store(out)
 
 
@@ -236,6 +255,7 @@ def _open_progress(work: Path, manifest: dict) -> dict:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    mark(work, STORE_KIND)
     progress = {"settings": want, "done": {}}
     write_json(path, progress)
     return progress

@@ -25,7 +25,7 @@ import pandas as pd
 
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import PARTIAL, atomic_path
+from mame_transfer.core.fileio import PARTIAL, atomic_path, output_folder
 
 FORMAT = "mame_transfer.features/1"
 MANIFEST = "manifest.json"
@@ -37,6 +37,7 @@ METADATA_COLUMNS = ["image", "path", "label", "label_index", "subset", "museum",
                     "product_size", "aspect_ratio"]
 
 SPLITS = ("train", "val", "test")
+STORE_KIND = "feature-store"  # the owner kind of a store folder (mame_transfer.core.fileio.check_output)
 
 
 @dataclass
@@ -158,6 +159,14 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     return df
 
 
+def is_store(path: Path) -> bool:
+    """A store written before folders carried an owner file: its manifest names this format."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def load_store(path: str | os.PathLike, *, validate: bool = True) -> FeatureStore:
     """Open a feature store.
 
@@ -205,11 +214,13 @@ def _finish_manifest(manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, p
 
 
 def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[str, tuple[np.ndarray, pd.DataFrame]],
-                extra_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> FeatureStore:
+                extra_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                overwrite: bool = False) -> FeatureStore:
     """Write a complete store atomically (in-memory arrays; :func:`export` streams instead).
 
     Args:
-        out: store folder (replaced whole if it exists).
+        out: store folder: new, empty, or (with ``overwrite``) an earlier store, replaced whole. Any other
+            folder is refused.
         manifest: manifest fields (``arch``, ``layer``, ``classes``...); ``format``, ``splits`` and
             ``feature_sets`` are filled in.
         splits: ``{split: (embeddings [n, dim], metadata DataFrame with n rows)}``.
@@ -236,7 +247,8 @@ def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[st
         have = set((extra_sets or {}).get(split, {}))
         if have != set(sets[1:]):
             raise DataError(f"write_store: split {split!r} has feature sets {sorted(have)}, others {sets[1:]}.")
-    with atomic_path(out) as tmp:
+    with output_folder(out, STORE_KIND, overwrite=overwrite, legacy=is_store, what="feature store",
+                       command="write_store") as existed, atomic_path(out, kind=STORE_KIND, replace=existed) as tmp:
         tmp.mkdir()
         for split, (emb, meta) in splits.items():
             (tmp / split).mkdir()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import markdown_table, write_json, write_text
+from mame_transfer.core.fileio import atomic_path, claim, markdown_table, output_folder, write_json, write_text
 from mame_transfer.inference.metrics import (
     align_to_classes,
     compute_metrics,
@@ -25,6 +25,8 @@ from mame_transfer.inference.predict import predict_proba, prediction_options
 from mame_transfer.training import runs
 
 ENSEMBLE_COLUMNS = ("model", "weight", "top1", "top3", "top5", "macro_f1")
+EVALUATION_KIND = "evaluation"  # owner kinds of an evaluate --out folder and of an ensemble folder
+ENSEMBLE_KIND = "ensemble"
 
 
 def split_table(config, classes: Sequence[str], split: str, *, data_path: str | None = None,
@@ -51,8 +53,13 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | N
     """Recompute metrics and plots of a saved run on ``split`` of its own dataset or of ``data_path``.
 
     With ``tta`` other than ``none`` the results are stored under ``<split>_<tta>`` (e.g. ``val_patches``).
+    ``out`` (default: the run directory) collects evaluations: it must be new, empty or an earlier ``out`` of
+    evaluate; any other folder is refused.
     """
     run_dir = Path(run_dir)
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        claim(out, EVALUATION_KIND, additive=True, what="folder of evaluations", command="evaluate",
+              legacy=lambda p: (p / runs.METRICS).is_file() and not runs.is_run_dir(p))
     model, config, classes = runs.load_run(run_dir)
     table = split_table(config, classes, split, data_path=data_path, toy=toy)
     proba = run_proba(model, config, table, batch_size=batch_size, verbose=verbose, tta=tta,
@@ -99,17 +106,28 @@ def _val_top1(run: Path, model, config, classes, batch_size) -> float:
 
 def ensemble_runs(members: Sequence[str | Path], *, split: str = "val", weighted: bool = False,
                   data_path: str | None = None, out: str | Path | None = None, batch_size: int | None = None,
-                  tta: str = "none") -> tuple[pd.DataFrame, dict]:
+                  tta: str = "none", overwrite: bool = False) -> tuple[pd.DataFrame, dict]:
     """Predict ``split`` with every run, average, score members and ensemble, write the outputs to ``out``.
 
     Writes (when ``out`` is given): ``ensemble_<split>.csv`` and ``.md`` (one row per member plus the ensemble),
     ``metrics.json`` (full metrics of every member and of the ensemble), and the ensemble's
-    ``predictions_<split>.csv``, ``classification_report_<split>.txt`` and ``confusion_matrix_<split>.png``.
+    ``predictions_<split>.csv``, ``classification_report_<split>.txt`` and ``confusion_matrix_<split>.png``, as one
+    folder written whole: new, empty, or an earlier ensemble replaced only with ``overwrite``.
 
     Returns:
         The comparison table (one row per member, then ``ensemble``) and the metrics dict written to JSON.
     """
     members = [Path(r) for r in members]
+    if out is not None:
+        with output_folder(out, ENSEMBLE_KIND, overwrite=overwrite, what="ensemble", command="ensemble",
+                           legacy=lambda p: any(p.glob("ensemble_*.csv"))) as existed, \
+                atomic_path(out, kind=ENSEMBLE_KIND, replace=existed) as tmp:
+            tmp.mkdir()
+            return _ensemble(members, split, weighted, data_path, tmp, batch_size, tta)
+    return _ensemble(members, split, weighted, data_path, None, batch_size, tta)
+
+
+def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None, batch_size, tta):
     classes = check_same_classes(members)
     probas, weights, names, member_metrics = [], [], [], {}
     table = None
@@ -139,7 +157,6 @@ def ensemble_runs(members: Sequence[str | Path], *, split: str = "val", weighted
               "weights": dict(zip(names, (w / total for w in weights))), "member_metrics": member_metrics,
               "ensemble": ens}
     if out is not None:
-        out = Path(out)
         write_text(out / f"ensemble_{split}.csv", frame.to_csv(index=False))
         write_text(out / f"ensemble_{split}.md", markdown_table(frame))
         write_split_artifacts(out, split, table, mix, classes)

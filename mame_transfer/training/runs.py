@@ -2,7 +2,9 @@
 
 A run trains inside ``<run>.partial/`` and is renamed to ``<run>/`` only once every artefact is written, so a
 directory without the suffix is always complete. While training, ``<run>.partial/resume_state/`` holds what an
-interrupted run needs to continue (:class:`ResumeState`).
+interrupted run needs to continue (:class:`ResumeState`) and the :func:`fingerprint` of the configuration and data
+it was started with: a rerun with another one is refused instead of mixing two runs. :func:`open_run` holds the
+run's lock (one writer at a time) and refuses any ``--out`` folder that is not a run directory.
 
 Files of a finished run::
 
@@ -17,20 +19,24 @@ Files of a finished run::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from mame_transfer.core import config as cfg
 from mame_transfer.core.config import TrainConfig
-from mame_transfer.core.errors import ConfigError
-from mame_transfer.core.fileio import PARTIAL, atomic_path, write_json, write_text
+from mame_transfer.core.errors import ConfigError, OutputError
+from mame_transfer.core.fileio import PARTIAL, atomic_path, check_output, locked, mark, write_json, write_text
+
+log = logging.getLogger("mame_transfer")
 
 MODEL = "model.keras"
 CONFIG = "config.yaml"
@@ -42,7 +48,12 @@ RUN_LOG = "run.log"
 BEST_WEIGHTS = "best.weights.h5"
 STATE_DIR = "resume_state"
 PREFIX_CACHE_DIR = "prefix_cache"
+FINGERPRINT = "fingerprint.json"  # in STATE_DIR: the configuration and data the interrupted run was started with
 FINISHED = (MODEL, CONFIG, CLASS_INDEX)  # what every finished run holds (metrics.json too, since 0.1)
+RUN_KIND = "run"  # the owner kind of a run directory (mame_transfer.core.fileio.check_output)
+# Options that do not change what a run computes: a resumed run may differ in them (more epochs, less output).
+NOT_FINGERPRINTED = ("epochs", "verbose", "out", "overwrite", "runs_dir", "check_images", "image_cache", "data",
+                     "images")
 
 
 # --------------------------------------------------------------------------------------------- configs and data
@@ -89,19 +100,62 @@ def _config_key(config: TrainConfig) -> dict:
     return d
 
 
-def find_work_dir(config: TrainConfig) -> tuple[Path, Path, bool]:
+def fingerprint(config: TrainConfig, dataset) -> dict:
+    """What a run computes from: every option that changes the result, and the identity of its data.
+
+    Data identity: the dataset's source and image folder, classes, rows per split and a hash of every row's image,
+    label, split and file size/mtime (:func:`~mame_transfer.datasets.tables.content_hash`). Not included:
+    :data:`NOT_FINGERPRINTED` (``--epochs``, verbosity, where the run is written...).
+    """
+    from mame_transfer.datasets.tables import content_hash
+
+    def resolved(value):  # the same file named by two spellings of its path is the same input
+        return str(Path(value).resolve()) if value and Path(str(value)).exists() else value
+
+    options = {k: v for k, v in config.to_dict().items() if k not in NOT_FINGERPRINTED}
+    options["weights"], options["init_from"] = resolved(options["weights"]), resolved(options["init_from"])
+    data = {"source": str(dataset.source), "images": str(dataset.image_root), "classes": list(dataset.classes),
+            "rows": {s: int((dataset.table["subset"] == s).sum()) for s in dataset.subsets},
+            "files": content_hash(dataset.table)}
+    return json.loads(json.dumps({"options": options, "data": data}, default=str))
+
+
+def fingerprint_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two fingerprints, one ``name: saved -> now`` item per option or data field."""
+    out = []
+    for section in ("options", "data"):
+        a, b = saved.get(section, {}), now.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                what = key if section == "options" else f"data {key}"
+                if key == "files":
+                    out.append("data files (an image was added, removed, relabelled or modified)")
+                elif key == "classes" and isinstance(a.get(key), list) and isinstance(b.get(key), list):
+                    out.append(f"data classes {_short(a[key])} -> {_short(b[key])}")
+                else:
+                    out.append(f"{what}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def _short(items: list) -> str:
+    return "[" + ", ".join(map(repr, items[:6])) + (f", ... ({len(items)} in all)" if len(items) > 6 else "") + "]"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory (finished or ``.partial``) written before folders carried an owner file."""
+    return (path / CONFIG).is_file() and ((path / CLASS_INDEX).is_file() or (path / STATE_DIR).is_dir())
+
+
+def find_work_dir(config: TrainConfig, fp: dict | None = None) -> tuple[Path, Path, bool]:
     """``(final run dir, work dir, resuming?)`` for a resolved config.
 
-    With ``--out`` the work dir is ``<out>.partial``; without, an interrupted run with the same configuration in
-    ``--runs-dir`` is resumed, else a new ``<arch>-<timestamp>`` directory is chosen.
+    With ``--out`` the work dir is ``<out>.partial``; without, an interrupted run in ``--runs-dir`` with the same
+    configuration (and, given ``fp``, the same :func:`fingerprint`) is resumed, else a new
+    ``<arch>-<timestamp>`` directory is chosen. The folders are checked by :func:`open_run`, under the run's lock.
     """
     if config.out:
         final = Path(config.out)
         work = final.with_name(final.name + PARTIAL)
-        if final.exists() and any(final.iterdir()):
-            if not config.overwrite:
-                raise ConfigError(f"run directory {final} already exists; pass --overwrite to replace it or "
-                                  f"choose another --out")
         return final, work, ResumeState(work).exists()
     runs = Path(config.runs_dir)
     key = _config_key(config)
@@ -112,7 +166,8 @@ def find_work_dir(config: TrainConfig) -> tuple[Path, Path, bool]:
             except ConfigError:
                 continue
             saved.pop("out", None)
-            if {k: saved.get(k) for k in key} == key and ResumeState(cand).exists():
+            if {k: saved.get(k) for k in key} == key and ResumeState(cand).exists() and \
+                    (fp is None or ResumeState(cand).fingerprint() in (None, fp)):
                 return cand.with_name(cand.name[: -len(PARTIAL)]), cand, True
     stamp = time.strftime("%Y%m%d-%H%M%S")
     final = runs / f"{config.arch}-{stamp}"
@@ -123,21 +178,84 @@ def find_work_dir(config: TrainConfig) -> tuple[Path, Path, bool]:
     return final, final.with_name(final.name + PARTIAL), False
 
 
+@contextlib.contextmanager
+def open_run(config: TrainConfig, dataset) -> Iterator[tuple[Path, Path, bool]]:
+    """Lock the run, check its folders and fingerprint, create the work dir; yields ``(final, work, resuming)``.
+
+    * ``--out`` must be new, empty or a run directory (replaced only with ``--overwrite``); ``<out>.partial``
+      must be an interrupted run. Any other folder is refused, with or without ``--overwrite``.
+    * An interrupted run is resumed only when its :func:`fingerprint` equals this one; otherwise the rerun is
+      refused, naming what differs, unless ``--overwrite`` discards the interrupted run.
+    * A second process on the same run stops at once, naming the one holding the lock.
+    """
+    fp = fingerprint(config, dataset)
+    final, work, resuming = find_work_dir(config, fp)
+    with locked(final, "finetune"):
+        check_output(final, RUN_KIND, overwrite=config.overwrite, legacy=is_run_dir, what="finished run",
+                     flag="--out")
+        check_output(work, RUN_KIND, additive=True, legacy=is_run_dir, what="interrupted run",
+                     flag="--out (its .partial folder)")
+        resume = ResumeState(work)
+        resuming = resume.exists()
+        if resuming:
+            saved = resume.fingerprint()
+            changes = fingerprint_changes(saved, fp) if saved is not None else \
+                _legacy_changes(work, config, dataset.class_index)
+            if changes and not config.overwrite:
+                raise OutputError(
+                    f"{work} holds an interrupted run started with another configuration or other data: "
+                    f"{'; '.join(changes)}. Continuing it would mix two runs. Pass --overwrite to discard it and "
+                    f"start over, or choose another --out.")
+            if changes:
+                log.warning("%s: discarding the interrupted run (--overwrite): %s", work, "; ".join(changes))
+                resuming = False
+        if not resuming:  # a fresh start: nothing of an earlier attempt may leak into this run
+            for stale in (STATE_DIR, HISTORY, BEST_WEIGHTS):
+                target = work / stale
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        start(work, config, dataset.class_index)
+        write_json(resume.dir / FINGERPRINT, fp)
+        yield final, work, resuming
+
+
+def _legacy_changes(work: Path, config: TrainConfig, class_index: dict) -> list[str]:
+    """Differences to an interrupted run saved before fingerprints existed (its config.yaml and classes)."""
+    try:
+        saved = _config_key(cfg.from_dict(TrainConfig, cfg.load_yaml(work / CONFIG), source=str(work / CONFIG)))
+        classes = json.loads((work / CLASS_INDEX).read_text())
+    except (ConfigError, OSError, ValueError):
+        return [f"{work / CONFIG} or {CLASS_INDEX} is unreadable"]
+    now = _config_key(config)
+    out = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now)
+           if k not in NOT_FINGERPRINTED and saved.get(k) != now.get(k)]
+    return out + ([f"classes {sorted(classes)} -> {sorted(class_index)}"] if classes != class_index else [])
+
+
 def start(work: Path, config: TrainConfig, class_index: dict[str, int]) -> None:
     """Create the work dir and write what identifies the run (``config.yaml``, ``class_index.json``)."""
     work.mkdir(parents=True, exist_ok=True)
+    mark(work, RUN_KIND)
     write_text(work / CONFIG, cfg.dump_yaml(config))
     write_json(work / CLASS_INDEX, class_index)
 
 
 def finish(work: Path, final: Path) -> Path:
-    """Drop the resume state and caches of a fully written work dir and give it its final name."""
+    """Drop the resume state and caches of a fully written work dir and give it its final name.
+
+    An existing ``final`` is the run's own earlier output, checked by :func:`open_run`; it is replaced only now
+    that the new run is complete.
+    """
     shutil.rmtree(work / STATE_DIR, ignore_errors=True)
     shutil.rmtree(work / PREFIX_CACHE_DIR, ignore_errors=True)
     (work / BEST_WEIGHTS).unlink(missing_ok=True)
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(work, final)
+        old = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
     return final
 
 
@@ -158,6 +276,13 @@ class ResumeState:
 
     def exists(self) -> bool:
         return self.path.is_file()
+
+    def fingerprint(self) -> dict | None:
+        """The :func:`fingerprint` the run was started with (None for runs saved before fingerprints)."""
+        try:
+            return json.loads((self.dir / FINGERPRINT).read_text())
+        except (OSError, ValueError):
+            return None
 
     def load(self) -> dict | None:
         if not self.path.is_file():

@@ -106,18 +106,25 @@ def train(config: TrainConfig) -> Path:
     """Fine-tune according to ``config``; returns the finished run directory."""
     import keras
 
-    from mame_transfer.models.build import set_trainable, trainable_summary
-    from mame_transfer.training import methods, prefix_cache
+    from mame_transfer.training import methods
 
     config = runs.resolved_config(config.validate())
     methods.check_config(config)
     keras.utils.set_random_seed(config.seed)
     dataset = runs.dataset_for(config)
+    with runs.open_run(config, dataset) as (final, work, resuming):  # locked, checked, fingerprinted
+        return _train(config, dataset, final, work, resuming)
+
+
+def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool) -> Path:
+    """The body of :func:`train`, with the run's folders locked and checked."""
+    import keras
+
+    from mame_transfer.models.build import set_trainable, trainable_summary
+    from mame_transfer.training import prefix_cache
+
     classes = dataset.classes
     train_t, val_t = dataset.split("train"), dataset.split("val")
-
-    final, work, resuming = runs.find_work_dir(config)
-    runs.start(work, config, dataset.class_index)
     handler = _log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),

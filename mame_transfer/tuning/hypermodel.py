@@ -57,12 +57,12 @@ def _macro_f1_callback(val_x, val_y, batch_size: int):
 class SearchData:
     """Train/val inputs of a search: image pipelines, or prefix-cache tensors computed once for all trials."""
 
-    def __init__(self, spec: SearchSpec, folder: Path, overrides: dict):
+    def __init__(self, spec: SearchSpec, folder: Path, overrides: dict, *, dataset=None):
         from mame_transfer.training.runs import dataset_for
 
         self.spec = spec
         self.base = trial_config(spec, {}, **overrides)
-        self.dataset = dataset_for(self.base)
+        self.dataset = dataset if dataset is not None else dataset_for(self.base)
         self.train_t, self.val_t = self.dataset.split("train"), self.dataset.split("val")
         self.num_classes = len(self.dataset.classes)
         self.train_labels = self.train_t["label_index"].to_numpy()

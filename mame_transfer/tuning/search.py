@@ -8,6 +8,8 @@ with a short poll), ``tuner<i>`` processes run trials, all sharing the tuning fo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -17,14 +19,18 @@ import traceback
 from pathlib import Path
 
 from mame_transfer.core import config as cfg
-from mame_transfer.core.errors import ConfigError
-from mame_transfer.core.fileio import write_json, write_text
+from mame_transfer.core.errors import ConfigError, OutputError
+from mame_transfer.core.fileio import check_output, locked, mark, write_json, write_text
 from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData, make_hypermodel
 from mame_transfer.tuning.results import PROJECT, write_results
-from mame_transfer.tuning.space import SearchSpec, TuneError, load_spec, spec_from_dict
+from mame_transfer.tuning.space import SearchSpec, TuneError, load_spec, spec_from_dict, trial_config
 
 log = logging.getLogger("mame_transfer")
 SEARCH_FILE = "search.yaml"  # the spec and overrides of a search, written into its folder
+FINGERPRINT = "fingerprint.json"  # the space, settings and data identity a search was started with
+TUNING_KIND = "tuning"  # the owner kind of a tuning folder (mame_transfer.core.fileio.check_output)
+# What a resumed search may change: its budget and verbosity (everything else would merge unlike trials).
+RESUMABLE = ("max_trials", "verbose")
 
 
 def _worker_index(tuner_id: str) -> int:
@@ -141,18 +147,88 @@ def serve_chief(oracle, poll_s: float = 0.5) -> None:
 
 
 def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False, verbose: int = 1,
-               **overrides) -> dict | None:
-    """Run (or continue) a search in ``folder``; returns the summary (None on a distributed worker)."""
+               resume: bool = False, **overrides) -> dict | None:
+    """Run (or, with ``resume``, continue) a search in ``folder``; returns the summary (None on a distributed worker).
+
+    ``folder`` must be new, empty or a tuning folder: ``overwrite`` deletes an earlier search first, ``resume``
+    continues it, and only when it was searched over the same space, settings and data (:func:`search_fingerprint`);
+    anything else is refused instead of merging unlike trials. One process at a time holds the folder (the chief
+    of a distributed search, whose workers share it).
+    """
     from keras_tuner.src.distribute import utils as dist_utils
 
     folder = Path(folder)
-    if overwrite and folder.exists() and not dist_utils.has_chief_oracle():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.setdefault("verbose", verbose)
-    write_text(folder / SEARCH_FILE, _yaml({**spec.to_dict(), "overrides": overrides}))
-    data = SearchData(spec, folder, overrides)
+    with contextlib.nullcontext() if worker else locked(folder, "tune"):
+        existed = check_output(folder, TUNING_KIND, additive=True, legacy=lambda p: (p / SEARCH_FILE).is_file(),
+                               what="tuning folder")
+        dataset = _dataset(spec, overrides)
+        fp = search_fingerprint(spec, overrides, dataset)
+        if existed and overwrite and not dist_utils.has_chief_oracle():
+            shutil.rmtree(folder)  # our own earlier search (checked above)
+        elif existed and (folder / SEARCH_FILE).is_file():
+            _check_continuation(folder, fp, resume=resume or dist_utils.has_chief_oracle())
+        folder.mkdir(parents=True, exist_ok=True)
+        mark(folder, TUNING_KIND)
+        write_text(folder / SEARCH_FILE, _yaml({**spec.to_dict(), "overrides": overrides}))
+        write_json(folder / FINGERPRINT, fp)
+        return _search(spec, folder, overrides, dataset, verbose, worker)
+
+
+def _dataset(spec: SearchSpec, overrides: dict):
+    from mame_transfer.training.runs import dataset_for
+
+    return dataset_for(trial_config(spec, {}, **overrides))
+
+
+def search_fingerprint(spec: SearchSpec, overrides: dict, dataset) -> dict:
+    """What a search's trials depend on: the spec (not its budget), the overrides and the data's identity."""
+    from mame_transfer.training.runs import fingerprint
+
+    search = spec.to_dict()
+    search.pop("name", None)
+    search["tuner"] = {k: v for k, v in search["tuner"].items() if k not in RESUMABLE}
+    data = fingerprint(trial_config(spec, {}, **overrides), dataset)["data"]
+    return json.loads(json.dumps({"search": search, "data": data}, default=str))
+
+
+def _check_continuation(folder: Path, fp: dict, *, resume: bool) -> None:
+    """Refuse to add trials to a search over another space, other settings or other data."""
+    try:
+        saved = json.loads((folder / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        saved = None  # searched before fingerprints existed: only search.yaml can be compared
+        old = cfg.load_yaml(folder / SEARCH_FILE)
+        old.pop("overrides", None)
+        old.pop("name", None)
+        old["tuner"] = {k: v for k, v in (old.get("tuner") or {}).items() if k not in RESUMABLE}
+        changes = _diff("", json.loads(json.dumps(old, default=str)), fp["search"])
+    if saved is not None:
+        changes = _diff("", saved.get("search", {}), fp["search"]) + _diff("data ", saved.get("data", {}), fp["data"])
+    if changes:
+        raise OutputError(f"{folder} holds a search over another space, other settings or other data: "
+                          f"{'; '.join(changes)}. Adding trials would mix two searches. Pass --overwrite to delete it "
+                          f"and start over, or choose another --out.")
+    if not resume:
+        raise OutputError(f"{folder} already holds a search; pass --resume to continue it, --overwrite to start over, "
+                          f"or choose another --out")
+
+
+def _diff(prefix: str, a, b) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [item for key in sorted(set(a) | set(b)) for item in _diff(f"{prefix}{key}.", a.get(key), b.get(key))]
+    if a == b:
+        return []
+    if prefix.endswith("files."):
+        return [f"{prefix[:-1]} (an image was added, removed, relabelled or modified)"]
+    return [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def _search(spec: SearchSpec, folder: Path, overrides: dict, dataset, verbose: int, worker: bool) -> dict | None:
+    """The search itself, in a checked and locked folder."""
+    data = SearchData(spec, folder, overrides, dataset=dataset)
     log.info("search %s: %s, objective %s, route %s, %d classes", spec.name, spec.tuner.algorithm,
              spec.tuner.objective, data.route, data.num_classes)
     tuner = make_tuner(spec, data, folder, overwrite=False, overrides=overrides)
@@ -162,7 +238,7 @@ def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False,
         if "consecutive failures" in str(exc):
             raise TuneError(f"search aborted: {exc}") from exc
         raise
-    if dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle():
+    if worker:
         return None  # the chief writes the merged results
     return write_results(tuner, spec, data, folder, overrides)
 

@@ -15,7 +15,7 @@ from tiny_sets import (
     rewrite_csv,
 )
 
-from mame_transfer.core.errors import DataError
+from mame_transfer.core.errors import DataError, OutputError
 from mame_transfer.datasets.layouts import detect_layout, load_dataset
 from mame_transfer.datasets.mame import write_mame
 from mame_transfer.datasets.tables import COLUMNS, TABLE_COLUMNS
@@ -193,12 +193,15 @@ def test_write_mame_round_trip(tmp_path, copy):
     pd.testing.assert_frame_equal(comparable(again.table), comparable(source.table), check_dtype=False)
     for a, b in zip(again.table["path"], source.table["path"]):
         assert Path(a).read_bytes() == Path(b).read_bytes()
-    # an earlier import is replaced; any other non-empty folder is refused
-    write_mame(source, out)
+    # an earlier import is replaced with overwrite only; any other non-empty folder is refused
+    with pytest.raises(OutputError, match="already holds a MAMe import; pass --overwrite"):
+        write_mame(source, out)
+    write_mame(source, out, overwrite=True)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    with pytest.raises(DataError, match="not an earlier MAMe import"):
-        write_mame(source, tmp_path / "busy")
+    with pytest.raises(OutputError, match="holds files this command did not write"):
+        write_mame(source, tmp_path / "busy", overwrite=True)
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
 
 
 def test_write_mame_of_mame_dataset(tmp_path):

@@ -14,7 +14,7 @@ from browser import open_page
 from file_checks import png_size, read_csv, read_json
 
 from mame_transfer import explore
-from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.core.errors import ConfigError, DataError, OutputError
 from mame_transfer.explorer.serve import serving
 from mame_transfer.explorer.site import ExplorerWarning, build_site
 from mame_transfer.store.export import export
@@ -165,7 +165,9 @@ def test_cli_build_reuse_and_local_server(tmp_path, demo_root, capsys):
         warnings.simplefilter("error")
         again = build_site(tmp_path / "store", out, k=4, pca_dim=8, reuse=True)
     assert again.reused
-    assert not build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True).reused  # options changed
+    with pytest.raises(OutputError, match="already holds an explorer site; pass --overwrite"):  # options changed
+        build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True)
+    assert not build_site(tmp_path / "store", out, k=3, pca_dim=8, reuse=True, overwrite=True).reused
     with serving(out) as url:
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "data/meta.js") as resp:

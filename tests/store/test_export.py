@@ -57,7 +57,7 @@ def test_export_demo_and_resume(tmp_path, demo_root, monkeypatch):
     assert starts == [128, 0]  # train resumed after 2 batches of 64; val started fresh
     for split in ("train", "val"):
         np.testing.assert_allclose(store.embeddings(split), ref.embeddings(split), rtol=1e-5, atol=1e-6)
-    with pytest.raises(Exception, match="already exists; pass --overwrite"):
+    with pytest.raises(Exception, match="already holds a feature store; pass --overwrite"):
         export(tmp_path / "store", dataset, **kw)
 
 
