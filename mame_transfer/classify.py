@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _classify(a) -> None:
+    from mame_transfer.classifiers.comparison import claim_outputs
+
+    classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier")
+    with claim_outputs(a.out, overwrite=a.overwrite):  # checked and locked before minutes of fitting
+        _compare(a, classifiers)
+
+
+def _compare(a, classifiers) -> None:
     from mame_transfer.classifiers.comparison import (
         compare,
         feature_sets_for,
@@ -63,7 +71,6 @@ def _classify(a) -> None:
         write_outputs,
     )
 
-    classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier")
     if a.metadata_only:
         from mame_transfer.datasets.layouts import load_dataset
 

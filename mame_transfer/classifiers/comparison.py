@@ -302,12 +302,19 @@ def write_outputs(result: Comparison, out: str | Path, *, description: str = "",
     ``out`` is written whole; it must be new, empty or an earlier comparison (replaced only with ``overwrite``).
     """
     target = Path(out)
-    with output_folder(target, KIND, overwrite=overwrite, what="classifier comparison", command="classify",
-                       legacy=lambda p: (p / "results.csv").is_file() and (p / "best_model.json").is_file()) \
-            as existed, atomic_path(target, kind=KIND, replace=existed) as tmp:
+    with claim_outputs(target, overwrite=overwrite) as existed, atomic_path(target, kind=KIND, replace=existed) as tmp:
         tmp.mkdir()
         _write_outputs(result, tmp, description)
     return target
+
+
+def claim_outputs(out: str | Path, *, overwrite: bool = False):
+    """Lock ``out`` and check it may take a comparison (a context manager yielding whether one is there).
+
+    ``classify`` holds it from the start, so a second process on the same ``--out`` stops at once.
+    """
+    return output_folder(out, KIND, overwrite=overwrite, what="classifier comparison", command="classify",
+                         legacy=lambda p: (p / "results.csv").is_file() and (p / "best_model.json").is_file())
 
 
 def _write_outputs(result: Comparison, out: Path, description: str) -> None:

@@ -118,23 +118,30 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     if IMAGENET_PROBS not in store.feature_sets:
         raise DataError(f"{store.path / MANIFEST}: no 'imagenet_probs' feature set; re-export with "
                         f"python -m mame_transfer.features ... --imagenet-probs")
+    if out is None:
+        return _tables(store, split, top, classifier, fast)
+    with output_folder(out, KIND, overwrite=overwrite, what="task similarity result", command="task_similarity",
+                       legacy=lambda p: (p / "similarity.csv").is_file()) as existed, \
+            atomic_path(out, kind=KIND, replace=existed) as tmp:
+        labels_table, scores = _tables(store, split, top, classifier, fast)
+        tmp.mkdir()
+        write_text(tmp / "imagenet_labels.csv", labels_table.to_csv(index=False))
+        write_text(tmp / "similarity.csv", scores.to_csv(index=False))
+        man = store.manifest
+        write_text(tmp / "task_similarity.md",
+                   f"# Task similarity: {man.get('arch')} (alpha {man.get('alpha')}) on {split}\n\n"
+                   f"## Most frequent ImageNet top-1 labels per class\n\n{markdown_table(labels_table)}\n"
+                   f"## Accuracy on the ImageNet output vs the embeddings\n\n{markdown_table(scores)}")
+    return labels_table, scores
+
+
+def _tables(store, split: str, top: int, classifier: str, fast: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from mame_transfer.store.store import IMAGENET_PROBS
+
     names = imagenet_class_names()
     probs = np.asarray(store.embeddings(split, IMAGENET_PROBS))
     labels_table = top_imagenet_labels(probs, store.metadata(split)["label"].astype(str), store.classes, names, top)
-    scores = similarity_scores(store, classifier=classifier, fast=fast)
-    if out is not None:
-        with output_folder(out, KIND, overwrite=overwrite, what="task similarity result", command="task_similarity",
-                           legacy=lambda p: (p / "similarity.csv").is_file()) as existed, \
-                atomic_path(out, kind=KIND, replace=existed) as tmp:
-            tmp.mkdir()
-            write_text(tmp / "imagenet_labels.csv", labels_table.to_csv(index=False))
-            write_text(tmp / "similarity.csv", scores.to_csv(index=False))
-            man = store.manifest
-            write_text(tmp / "task_similarity.md",
-                       f"# Task similarity: {man.get('arch')} (alpha {man.get('alpha')}) on {split}\n\n"
-                       f"## Most frequent ImageNet top-1 labels per class\n\n{markdown_table(labels_table)}\n"
-                       f"## Accuracy on the ImageNet output vs the embeddings\n\n{markdown_table(scores)}")
-    return labels_table, scores
+    return labels_table, similarity_scores(store, classifier=classifier, fast=fast)
 
 
 def arrow_lines(table: pd.DataFrame) -> list[str]:

@@ -8,6 +8,7 @@ Weighting by val accuracy and then scoring on val is optimistic: report ``split=
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Sequence
 
@@ -17,8 +18,12 @@ import pandas as pd
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path, claim, markdown_table, output_folder, write_json, write_text
 from mame_transfer.inference.metrics import (
+    CONFUSION,
+    PREDICTIONS,
+    REPORT,
     align_to_classes,
     compute_metrics,
+    split_file,
     write_split_artifacts,
 )
 from mame_transfer.inference.predict import predict_proba, prediction_options
@@ -59,7 +64,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | N
     run_dir = Path(run_dir)
     if out is not None and Path(out).resolve() != run_dir.resolve():
         claim(out, EVALUATION_KIND, additive=True, what="folder of evaluations", command="evaluate",
-              legacy=lambda p: (p / runs.METRICS).is_file() and not runs.is_run_dir(p))
+              legacy=lambda p: _only_split_files(p, (runs.METRICS,)))
     model, config, classes = runs.load_run(run_dir)
     table = split_table(config, classes, split, data_path=data_path, toy=toy)
     proba = run_proba(model, config, table, batch_size=batch_size, verbose=verbose, tta=tta,
@@ -69,6 +74,13 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | N
     metrics = write_split_artifacts(out_dir, key, table, proba, classes, final=False)
     runs.update_metrics(out_dir, key, metrics)
     return metrics
+
+
+def _only_split_files(folder: Path, extra: Sequence[str]) -> bool:
+    """Whether every file in ``folder`` is one evaluate or ensemble writes (outputs from before owner files)."""
+    names = [split_file(n, "*") for n in (PREDICTIONS, REPORT, CONFUSION)] + list(extra)
+    entries = list(folder.iterdir())
+    return bool(entries) and all(p.is_file() and any(fnmatch.fnmatch(p.name, n) for n in names) for p in entries)
 
 
 def check_same_classes(members: Sequence[str | Path]) -> list[str]:
@@ -120,7 +132,8 @@ def ensemble_runs(members: Sequence[str | Path], *, split: str = "val", weighted
     members = [Path(r) for r in members]
     if out is not None:
         with output_folder(out, ENSEMBLE_KIND, overwrite=overwrite, what="ensemble", command="ensemble",
-                           legacy=lambda p: any(p.glob("ensemble_*.csv"))) as existed, \
+                           legacy=lambda p: _only_split_files(p, (runs.METRICS, "ensemble_*.csv", "ensemble_*.md"))) \
+                as existed, \
                 atomic_path(out, kind=ENSEMBLE_KIND, replace=existed) as tmp:
             tmp.mkdir()
             return _ensemble(members, split, weighted, data_path, tmp, batch_size, tta)
