@@ -22,8 +22,7 @@ from tiny_sets import make_folders, search_yaml
 from mame_transfer import analyze as analyze_cmd
 from mame_transfer import classify, data, ensemble, evaluate, explore, features, finetune, prepare, tune
 from mame_transfer import task_similarity as similarity_cmd
-from mame_transfer.core.errors import OutputError
-from mame_transfer.core.fileio import OWNER_FILE, atomic_path, lock_file, locked
+from mame_transfer.core.fileio import atomic_path
 from mame_transfer.datasets import demo
 from mame_transfer.store.store import load_store, write_store
 from mame_transfer.training import trainer
@@ -140,6 +139,9 @@ def test_no_command_writes_into_a_folder_it_does_not_own(name, store, tiny_run, 
 
 
 def test_atomic_path_never_removes_a_folder_it_was_not_told_it_owns(tmp_path):
+    from mame_transfer.core.errors import OutputError
+    from mame_transfer.core.fileio import OWNER_FILE
+
     folder = tmp_path / "x"
     folder.mkdir()
     (folder / "keep.txt").write_text("k")
@@ -155,8 +157,9 @@ def test_atomic_path_never_removes_a_folder_it_was_not_told_it_owns(tmp_path):
 
 # --------------------------------------------------------------------------------------------- case 4: locks
 
-HOLD = ("import sys, time\nfrom mame_transfer.core.fileio import locked\nwith locked(sys.argv[1], sys.argv[2]):\n"
-        "    print('held', flush=True)\n    time.sleep(300)\n")
+HOLD = ("import sys, time\ntry:\n    from mame_transfer.core.fileio import locked\nexcept ImportError:  # before locks\n"
+        "    import contextlib\n    locked = lambda *a: contextlib.nullcontext()\n"
+        "with locked(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n    time.sleep(300)\n")
 
 
 @contextlib.contextmanager
@@ -181,10 +184,12 @@ def test_a_second_writer_stops_at_once_naming_the_holder(name, store, tiny_run, 
         assert time.time() - t0 < 60
     err = capsys.readouterr().err
     assert f"being written by another process (pid {holder.pid} on" in err and "holder-cmd" in err, err
-    assert not out.exists() or not [p for p in out.iterdir() if p.name != OWNER_FILE]
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".mame_transfer.json"]
 
 
 def test_stale_lock_of_a_killed_process_is_taken_over_with_a_message(tmp_path, caplog):
+    from mame_transfer.core.fileio import lock_file, locked
+
     out = tmp_path / "out"
     with held_by_another_process(out) as holder:
         holder.send_signal(signal.SIGKILL)
@@ -316,3 +321,42 @@ def test_prepare_with_another_size_on_the_same_out_is_refused_or_redone(small_ma
     assert sizes == {(48, 48)}
     assert prepare.main(base + ["--size", "48"]) == 0  # the same settings: a no-op resume
     assert '"skipped": 18' in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- case 9
+
+
+def _tied_set(root: Path) -> Path:
+    """Two classes whose val images are all one grey picture: every model scores exactly 0.5, so trials tie."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for c, name in enumerate(("dark", "light")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (24, 24, 3)) + 160 * c if split == "train" else np.full((24, 24, 3), 128)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg")
+    return root
+
+
+def test_tune_resume_with_tied_scores_keeps_the_earlier_best_and_its_weights(tmp_path, monkeypatch):
+    """Issue 12, case 9: on ``--resume`` the trial files are listed in file-system order; with tied scores the best
+    switched to a trial whose weights had been pruned, and search.json pointed at a missing file."""
+    from keras_tuner.src.backend import io as kt_io
+
+    spec = search_yaml(tmp_path / "s.yaml", max_trials=2)
+    out = tmp_path / "search"
+    data_dir = _tied_set(tmp_path / "tied")
+    assert tune.main(["--config", str(spec), "--data", str(data_dir), "--out", str(out), "--verbose", "0"]) == 0
+    first = json.loads((out / "search.json").read_text())
+    assert first["best_trial"] == "0" and Path(first["best_weights"]).is_file()
+    real_glob = kt_io.glob
+    monkeypatch.setattr(kt_io, "glob", lambda pattern: sorted(real_glob(pattern), reverse=True))  # another FS order
+    assert tune.main(["--config", str(spec), "--out", str(out), "--resume", "--max-trials", "3", "--verbose",
+                      "0"]) == 0
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 3 and (table["score"] == 0.5).all()  # a three-way tie
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["best_trial"] == "0" and summary["best_weights"] == first["best_weights"]
+    assert Path(summary["best_weights"]).is_file()
+    assert "best trial 0 " in (out / "best.yaml").read_text()

@@ -14,6 +14,27 @@ from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData
 from mame_transfer.tuning.space import SEARCHABLE, SearchSpec, TuneError, trial_config
 
 PROJECT = "kt"  # KerasTuner's project folder inside the tuning folder
+SEARCH_JSON = "search.json"  # the summary of a finished search; its best_weights file is never pruned
+CHECKPOINT = "checkpoint.weights.h5"  # what KerasTuner saves per trial
+
+
+def _order(trial_id: str) -> tuple:
+    """Run order of a trial id: KerasTuner numbers trials (zero-padded to a width that grows with the budget)."""
+    return (0, int(trial_id), "") if str(trial_id).isdigit() else (1, 0, str(trial_id))
+
+
+def best_trial(oracle):
+    """The completed trial with the best score; of tied trials, the one that ran first.
+
+    KerasTuner's own ``get_best_trials`` breaks ties by the order its trial files are listed on reload, so a resumed
+    search could switch to another tied trial (whose weights were pruned). None when no trial completed.
+    """
+    done = [t for t in oracle.trials.values()
+            if str(t.status) == "COMPLETED" and t.score is not None and np.isfinite(float(t.score))]
+    if not done:
+        return None
+    sign = 1.0 if oracle.objective.direction == "max" else -1.0
+    return min(done, key=lambda t: (-sign * float(t.score), _order(t.trial_id)))
 
 
 def trials_table(oracle, folder: Path, spec: SearchSpec):
@@ -100,7 +121,7 @@ def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overr
                         f"{folder / 'trials.csv'}. First error:\n{(first.message or '')[-2000:]}")
     plots.save(score_per_trial_figure(table, spec.tuner.objective), folder / "score_per_trial.png")
     plots.save(score_vs_lr_figure(table, spec.tuner.objective), folder / "score_vs_lr.png")
-    best = oracle.get_best_trials(1)[0]
+    best = best_trial(oracle)
     values = {k: v for k, v in best.hyperparameters.values.items() if k in SEARCHABLE}
     best_conf = trial_config(spec, values, **overrides)
     best_conf = dataclasses.replace(best_conf, out=None, overwrite=False, verbose=2)
@@ -110,12 +131,13 @@ def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overr
               f"{spec.tuner.objective} {best.score:.4f}\n# retrain: python -m mame_transfer.finetune --config "
               f"{folder / 'best.yaml'}\n")
     write_text(folder / "best.yaml", header + cfg.dump_yaml(best_conf))
-    tuner.prune(final=True)
+    weights = Path(tuner.get_trial_dir(best.trial_id)) / CHECKPOINT
     summary = {"name": spec.name, "algorithm": spec.tuner.algorithm, "objective": spec.tuner.objective,
                "route": data.route, "trials": int(len(table)), "completed": int((table["status"] == "COMPLETED").sum()),
                "best_trial": best.trial_id, "best_score": float(best.score), "best_values": values,
-               "best_weights": str(Path(tuner.get_trial_dir(best.trial_id)) / "checkpoint.weights.h5"),
+               "best_weights": str(weights) if weights.is_file() else None,
                "workers": sorted(str(w) for w in table["worker"].dropna().unique())}
-    write_json(folder / "search.json", summary)
+    write_json(folder / SEARCH_JSON, summary)
+    tuner.prune(final=True)  # only now that search.json names the new best may the previous one's files go
     return summary
 

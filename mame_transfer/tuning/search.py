@@ -22,7 +22,7 @@ from mame_transfer.core import config as cfg
 from mame_transfer.core.errors import ConfigError, OutputError
 from mame_transfer.core.fileio import check_output, locked, mark, write_json, write_text
 from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData, make_hypermodel
-from mame_transfer.tuning.results import PROJECT, write_results
+from mame_transfer.tuning.results import PROJECT, SEARCH_JSON, best_trial, write_results
 from mame_transfer.tuning.space import SearchSpec, TuneError, load_spec, spec_from_dict, trial_config
 
 log = logging.getLogger("mame_transfer")
@@ -81,12 +81,17 @@ def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: b
             self.prune(only=self._ran)
 
         def prune(self, only=None, final: bool = False) -> None:
-            """Delete checkpoints of trials that are not the best (and cannot be continued by Hyperband)."""
-            try:
-                best = self.oracle.get_best_trials(1)
-            except Exception:  # noqa: BLE001  (no completed trial yet)
+            """Delete checkpoints of trials that are not the best (and cannot be continued by Hyperband).
+
+            The best is :func:`best_trial` (ties keep the earlier trial); until a finished search rewrites
+            ``search.json``, the trial it names keeps its files too, so it never points at a missing file.
+            """
+            best = best_trial(self.oracle)
+            if best is None:
                 return
-            keep = {b.trial_id for b in best}
+            keep = {best.trial_id}
+            if not final:
+                keep |= {_named_best(folder)}
             if t.algorithm == "hyperband" and not final:
                 brackets = getattr(self.oracle, "_brackets", None)
                 if brackets is None:
@@ -117,6 +122,14 @@ def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: b
     if t.algorithm == "bayesian":
         return MameTuner(hm, max_trials=t.max_trials, num_initial_points=t.num_initial_points, **kwargs)
     return MameTuner(hm, max_trials=t.max_trials, **kwargs)
+
+
+def _named_best(folder: Path) -> str | None:
+    """The trial ``search.json`` names as the best (None when there is none)."""
+    try:
+        return str(json.loads((Path(folder) / SEARCH_JSON).read_text())["best_trial"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def serve_chief(oracle, poll_s: float = 0.5) -> None:
