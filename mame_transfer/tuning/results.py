@@ -29,7 +29,14 @@ def best_trial(oracle):
     KerasTuner's own ``get_best_trials`` breaks ties by the order its trial files are listed on reload, so a resumed
     search could switch to another tied trial (whose weights were pruned). None when no trial completed.
     """
-    done = [t for t in oracle.trials.values()
+    trials = getattr(oracle, "trials", None)
+    if trials is None:  # a distributed worker's client: the chief's oracle ranks the trials
+        try:
+            ranked = oracle.get_best_trials(1)
+        except Exception:  # noqa: BLE001  (no completed trial yet, or the chief is gone)
+            return None
+        return ranked[0] if ranked else None
+    done = [t for t in trials.values()
             if str(t.status) == "COMPLETED" and t.score is not None and np.isfinite(float(t.score))]
     if not done:
         return None
