@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.plots import PlainFigure as Figure  # plain-text labels
 
 # Lucid's colour_correlation_svd_sqrt (ImageNet RGB), normalised by its largest column norm as in Lucid.
 _COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)

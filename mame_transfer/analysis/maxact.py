@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from mame_transfer.analysis.outputs import AnalysisResult, output_dir
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.plots import PlainFigure as Figure  # plain-text labels
 
 
 class RunningTopK:

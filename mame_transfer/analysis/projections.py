@@ -9,18 +9,16 @@ split and can be applied to another (PCA and UMAP have ``transform``; t-SNE does
 from __future__ import annotations
 
 import html
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from mame_transfer.analysis.outputs import PROJECTIONS_DIR, AnalysisResult, claim_output
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.plots import PlainFigure as Figure  # plain-text labels
 
 METHODS = ("pca", "tsne", "umap")
 
@@ -167,8 +165,10 @@ def explained_variance_figure(ratios: Sequence[float], *, title: str = "PCA expl
     return fig
 
 
+# The page: ``$title`` is HTML-escaped text and ``$data`` a JSON script element (core.pages.json_script), filled in
+# one pass; the script reads the data with JSON.parse and writes every name with textContent.
 _PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<html lang="en"><head><meta charset="utf-8"><title>$title</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
 header{padding:8px 14px;font-size:15px}
@@ -181,19 +181,20 @@ canvas{background:#fff;border:1px solid #ddd;cursor:grab;margin-left:14px}
 display:none;white-space:nowrap}
 small{color:#666}
 </style></head><body>
-<header><b>__TITLE__</b> <small>drag to rotate, wheel to zoom, click a class to hide it, space toggles auto-rotation
+<header><b>$title</b> <small>drag to rotate, wheel to zoom, click a class to hide it, space toggles auto-rotation
 </small></header>
 <div id="wrap"><canvas id="c" width="760" height="640"></canvas><div id="legend"></div></div>
 <div id="tip"></div>
+$data
 <script>
-const DATA = __DATA__;
 (function(){
+const DATA=JSON.parse(document.getElementById('projection-data').textContent);
 const cv=document.getElementById('c'), ctx=cv.getContext('2d'), tip=document.getElementById('tip');
 const P=DATA.points, C=DATA.classes, COL=DATA.colors, hidden=new Set();
 let ry=0.6, rx=-0.35, zoom=1, auto=true, drag=null, proj=[];
 const leg=document.getElementById('legend');
-C.forEach((c,i)=>{const d=document.createElement('div');d.innerHTML='<span style="background:'+COL[i]+'"></span>'+
-  c.replace(/[&<>]/g,s=>({'&':'&amp;','<':'&lt;','>':'&gt;'}[s]));
+C.forEach((c,i)=>{const d=document.createElement('div'), dot=document.createElement('span');
+  dot.style.background=COL[i]; d.appendChild(dot); d.appendChild(document.createTextNode(c));
   d.onclick=()=>{hidden.has(i)?hidden.delete(i):hidden.add(i);d.style.opacity=hidden.has(i)?0.35:1;draw();};
   leg.appendChild(d);});
 function draw(){
@@ -230,7 +231,15 @@ window.__projection_ready=P.length;
 
 def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[str], classes: Sequence[str], *,
                    title: str = "3-D projection", split_of: Sequence[str] | None = None) -> str:
-    """A self-contained page rendering rotatable 3-D points (hover: file and class)."""
+    """A self-contained page rendering rotatable 3-D points (hover: file and class).
+
+    Names and classes reach the page only as JSON data (:func:`mame_transfer.core.pages.json_script`) and the
+    title only HTML-escaped, so no name can add markup or script to it.
+    """
+    from string import Template
+
+    from mame_transfer.core.pages import json_script
+
     coords = np.asarray(coords, dtype=float)
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise ConfigError(f"scatter3d_html needs [n, 3] coordinates. Received shape {coords.shape}")
@@ -240,17 +249,14 @@ def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[st
     scale = radius if radius > 0 else 1.0
     centred = centred / scale
     index = {c: i for i, c in enumerate(classes)}
-    splits = list(pd.unique(np.asarray(split_of))) if split_of is not None else [""]
+    splits = [str(s) for s in pd.unique(np.asarray(split_of))] if split_of is not None else [""]
     split_idx = {s: i for i, s in enumerate(splits)}
     points = [[round(float(x), 4), round(float(y), 4), round(float(z), 4), index[lab], str(name),
-               split_idx[split_of[k]] if split_of is not None else 0]
+               split_idx[str(split_of[k])] if split_of is not None else 0]
               for k, ((x, y, z), lab, name) in enumerate(zip(centred, labels, names))]
-    data = {"points": points, "classes": list(classes), "colors": _palette(len(classes)), "splits": splits}
-    # "</" is escaped so a file name can never close the script element.
-    payload = json.dumps(data).replace("</", "<\\/")
-    # One pass over the page, so a title holding "__DATA__" is never re-scanned and filled.
-    values = {"__TITLE__": html.escape(title), "__DATA__": payload}
-    return re.sub("__TITLE__|__DATA__", lambda m: values[m.group(0)], _PAGE)
+    data = {"points": points, "classes": [str(c) for c in classes], "colors": _palette(len(classes)),
+            "splits": splits}
+    return Template(_PAGE).substitute(title=html.escape(title), data=json_script(data, "projection-data"))
 
 
 def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_class: int | None = 100,

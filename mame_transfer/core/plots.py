@@ -1,6 +1,8 @@
 """Plot functions: they take data and return a ``matplotlib.figure.Figure``; callers decide where to save.
 
 Figures are built with the object API (no ``pyplot``), so nothing needs a display and nothing leaks between calls.
+Every figure of the package is a :class:`PlainFigure`: its texts (class names, file names, layer names) are drawn
+as written, never parsed as mathtext, so a class called ``Tempera $\foo$`` cannot break a plot.
 """
 
 from __future__ import annotations
@@ -8,8 +10,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+
+class PlainFigure(Figure):
+    """A Figure whose texts are plain text: ``$...$`` in a label is shown as is, not read as mathtext.
+
+    matplotlib reads ``text.parse_math`` when a text is created, and creates tick labels only when it lays out or
+    draws; both are covered here, scoped to this figure (the user's own figures keep their settings).
+    """
+
+    def _plain(self) -> None:
+        for text in self.findobj(Text):
+            text.set_parse_math(False)
+
+    def draw(self, renderer):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            self._plain()
+            return super().draw(renderer)
+
+    def savefig(self, *args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            self._plain()
+            return super().savefig(*args, **kwargs)
+
+    def tight_layout(self, *args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            self._plain()
+            return super().tight_layout(*args, **kwargs)
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -32,7 +63,7 @@ def confusion_matrix_figure(
         cm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(classes)
     side = max(4.0, 0.38 * n + 2.5)
-    fig = Figure(figsize=(side + 1.0, side))
+    fig = PlainFigure(figsize=(side + 1.0, side))
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -70,7 +101,7 @@ def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
 
     df = pd.DataFrame(history)
     epochs = df["epoch"] + 1 if "epoch" in df else np.arange(1, len(df) + 1)
-    fig = Figure(figsize=(10, 4))
+    fig = PlainFigure(figsize=(10, 4))
     for k, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "top-1 accuracy")), start=1):
         ax = fig.add_subplot(1, 2, k)
         for prefix, style in (("", "-o"), ("val_", "-s")):
@@ -86,7 +117,7 @@ def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
 
 def bar_figure(labels: Sequence[str], values: Sequence[float], *, xlabel: str = "", title: str = "") -> Figure:
     """Horizontal bars, sorted as given (used for comparison tables)."""
-    fig = Figure(figsize=(7, max(2.5, 0.3 * len(labels) + 1)))
+    fig = PlainFigure(figsize=(7, max(2.5, 0.3 * len(labels) + 1)))
     ax = fig.add_subplot()
     y = np.arange(len(labels))
     ax.barh(y, values, color="#4477aa")

@@ -79,8 +79,7 @@ def trials_table(oracle, folder: Path, spec: SearchSpec):
 
 def score_per_trial_figure(table, objective: str):
     """Score of each trial in run order, with the running best."""
-    from matplotlib.figure import Figure
-
+    from mame_transfer.core.plots import PlainFigure as Figure  # plain-text labels
     from mame_transfer.core.plots import label_axes
 
     fig = Figure(figsize=(7, 3.5))
@@ -96,8 +95,7 @@ def score_per_trial_figure(table, objective: str):
 
 def score_vs_lr_figure(table, objective: str):
     """Score against learning rate (log axis)."""
-    from matplotlib.figure import Figure
-
+    from mame_transfer.core.plots import PlainFigure as Figure  # plain-text labels
     from mame_transfer.core.plots import label_axes
 
     fig = Figure(figsize=(6, 3.5))
