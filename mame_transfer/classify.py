@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-sets", help=f"explicit comma-separated list among {', '.join(FEATURE_SETS)}")
     p.add_argument("--feature-set-name", default="embeddings", help="store array to use (e.g. imagenet_probs)")
     p.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="comma-separated subset")
-    p.add_argument("--umap-components", type=int, default=8)
+    p.add_argument("--umap-components", type=cli.positive_int, default=8)
     p.add_argument("--fast", action="store_true", help="tiny grids (tests, quick looks)")
     p.add_argument("--metadata-only", action="store_true", help="no store: metadata features of --data")
     p.add_argument("--data", help="dataset for --metadata-only (MAMe CSV folder or class-per-folder set)")

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weighted", action="store_true", help="weight each member by its val top-1")
     parser.add_argument("--data", help="score every member on this dataset (same class names)")
     parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=cli.positive_int)
     parser.add_argument("--out", help="output folder (default <parent of the first run>/ensemble-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble at --out")
     return parser

@@ -23,13 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="evaluate on another dataset (same class names)")
     parser.add_argument("--toy", action=argparse.BooleanOptionalAction, default=None, help="MAMe toy CSV")
     parser.add_argument("--out", help="where to write (default: the run directory)")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=cli.positive_int)
     parser.add_argument("--verbose", type=int, default=1)
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation: mirror-image averaging, or Oquab et al.'s multi-patch scoring")
     parser.add_argument("--patch-scales", default="1.0,0.7,0.5",
                         help="--tta patches: sides as fractions of the short side")
-    parser.add_argument("--patch-power", type=float, default=5.0,
+    parser.add_argument("--patch-power", type=cli.finite_float, default=5.0,
                         help="--tta patches: k in mean over patches of y(C|P)^k")
     return parser
 

@@ -37,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("prepare", __doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", required=True, help="source MAMe folder (CSV + data/ or data_256/)")
     parser.add_argument("--out", required=True, help="output folder (a MAMe layout)")
-    parser.add_argument("--size", type=int, default=256, help="output side (square) or shorter side (--keep-aspect)")
+    parser.add_argument("--size", type=cli.positive_int, default=256, help="output side (square) or shorter side (--keep-aspect)")
     parser.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio: shorter side = --size")
     parser.add_argument("--images", default=None, help="source image folder, when not <data>/data or data_256")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
+    parser.add_argument("--workers", type=cli.positive_int, default=None, help="processes (default: all CPU cores)")
     parser.add_argument("--no-draft", dest="draft", action="store_false",
                         help="decode JPEGs at full resolution (no DCT-domain downscaling)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

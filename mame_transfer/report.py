@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("report", __doc__.splitlines()[0])
     parser.add_argument("run", help="run directory")
     parser.add_argument("--out", help="HTML file (default <run>/report.html)")
-    parser.add_argument("--gradcam", type=int, default=8, help="Grad-CAM samples to embed (0 = none)")
-    parser.add_argument("--mistakes", type=int, default=12, help="most confident mistakes to show")
+    parser.add_argument("--gradcam", type=cli.non_negative_int, default=8, help="Grad-CAM samples to embed (0 = none)")
+    parser.add_argument("--mistakes", type=cli.non_negative_int, default=12, help="most confident mistakes to show")
     return parser
 
 

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("task_similarity", __doc__.splitlines()[0])
     p.add_argument("store", help="feature store exported with --imagenet-probs")
     p.add_argument("--split", default="val", help="split for the label table")
-    p.add_argument("--top", type=int, default=3, help="ImageNet labels per class")
+    p.add_argument("--top", type=cli.positive_int, default=3, help="ImageNet labels per class")
     p.add_argument("--classifier", default="logreg", help="classifier of the similarity score (see classify)")
     p.add_argument("--full-grid", action="store_true", help="full hyperparameter grid (default: the fast one)")
     p.add_argument("--out", help="folder for imagenet_labels.csv, similarity.csv, task_similarity.md")

@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete the tuning folder and start over")
     p.add_argument("--algorithm", choices=ALGORITHMS)
     p.add_argument("--objective", choices=OBJECTIVES)
-    p.add_argument("--max-trials", type=int)
-    p.add_argument("--epochs", type=int, help="epochs per trial (base.epochs)")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--max-trials", type=cli.positive_int)
+    p.add_argument("--epochs", type=cli.positive_int, help="epochs per trial (base.epochs)")
+    p.add_argument("--image-size", type=cli.positive_int)
     p.add_argument("--seed", type=int, help="seed of the tuner and of every trial")
     p.add_argument("--verbose", type=int, default=1, help="Keras verbosity inside trials")
     return p

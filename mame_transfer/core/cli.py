@@ -52,6 +52,41 @@ def run(parser_or_args: argparse.ArgumentParser | argparse.Namespace, command: C
     return EXIT_OK if code is None else int(code)
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type`` of a float flag: a finite number (``nan`` and ``inf`` are refused at parse time)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count or size flag: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` of a flag where 0 means "none" or "all": an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
+
+
 def choices_list(text: str | None, allowed: Sequence[str], what: str) -> list[str]:
     """Parse a comma-separated flag value; every item must be one of ``allowed`` (the error lists them)."""
     items = [t.strip() for t in (text or "").split(",") if t.strip()]

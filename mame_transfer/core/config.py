@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -97,9 +98,25 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}. Received: {f.name}={value!r}")
-        for name in ("lr", "batch_size", "epochs"):
+        for f in fields(self):  # YAML or dataclass values that never went through _coerce
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number. Received: {f.name}={value!r}")
+        for name in ("lr", "batch_size", "epochs", "alpha", "pixels", "patch_power"):
             if getattr(self, name) is None or getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive. Received: {name}={getattr(self, name)!r}")
+        for name in ("image_size", "steps_per_epoch"):  # None means "the default"; 0 would silently mean it too
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer (or left unset). Received: "
+                                  f"{name}={getattr(self, name)!r}")
+        for name in ("weight_decay", "early_stopping", "plateau_patience", "augment_copies"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0. Received: {name}={getattr(self, name)!r}")
+        for name in ("momentum", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1). Received: {name}={getattr(self, name)!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor must be in (0, 1). Received: plateau_factor={self.plateau_factor!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if self.l2 < 0:
@@ -137,6 +154,8 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number. Received: {name}={value!r}") from None
+        if not math.isfinite(number):  # nan / inf would train to NaN (lr) or fail deep inside Keras (l2)
+            raise ConfigError(f"{name} must be a finite number. Received: {name}={value!r}")
         if kind is int:
             if number != int(number):
                 raise ConfigError(f"{name} must be an integer. Received: {name}={value!r}")

@@ -17,6 +17,7 @@ pipeline in :mod:`mame_transfer.datasets.varshape`, ensembles in :mod:`mame_tran
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -53,8 +54,8 @@ def parse_block_lr(text: str, block_names: Sequence[str]) -> list[tuple[tuple[st
             lr = float(value)
         except ValueError:
             raise ConfigError(f"--block-lr: {value!r} in {item!r} is not a number") from None
-        if lr < 0:
-            raise ConfigError(f"--block-lr: learning rates must be >= 0. Received: {item!r}")
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise ConfigError(f"--block-lr: learning rates must be finite numbers >= 0. Received: {item!r}")
         names = names.strip()
         if names == HEAD_GROUP:
             blocks: tuple[str, ...] = (HEAD_GROUP,)

@@ -14,6 +14,7 @@ import numpy as np
 
 from mame_transfer.core.cli import log_to_stdout
 from mame_transfer.core.config import TrainConfig
+from mame_transfer.core.errors import MameTransferError
 from mame_transfer.core.fileio import atomic_path, write_json
 from mame_transfer.training import runs
 from mame_transfer.training.compile import (
@@ -25,6 +26,10 @@ from mame_transfer.training.compile import (
 )
 
 log = logging.getLogger("mame_transfer")
+
+
+class TrainingDiverged(MameTransferError, RuntimeError):
+    """The training loss became NaN or infinite: the run is left incomplete (``.partial``)."""
 
 
 def _log_to_file(verbose: int, file: Path) -> logging.Handler:
@@ -67,6 +72,28 @@ def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, bes
                         weights_model=full_model)
 
     return _EpochEnd()
+
+
+def _stop_on_nan(work: Path, config: TrainConfig):
+    """Stop at the first batch whose loss is not finite, before that epoch's weights are saved as resume state."""
+    import keras
+
+    class _StopOnNaN(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(float(loss)):
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1} "
+                    f"(--lr {config.lr}{f', --block-lr {config.block_lr}' if config.block_lr else ''}). The run is "
+                    f"left incomplete in {work}; lower the learning rate (or check the data), then rerun with "
+                    f"--overwrite to start over.")
+
+    return _StopOnNaN()
 
 
 def _build(config: TrainConfig, num_classes: int, strategy):
@@ -169,7 +196,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                      phase + 1, max(start, p_start) + 1, p_end, freeze,
                      f"{summary['trainable_params']:,}", f"{summary['frozen_params']:,}", route)
             tracked = schedule_callbacks(config)
-            callbacks = list(tracked.values()) + [
+            callbacks = [_stop_on_nan(work, config)] + list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
                 _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
             ]
