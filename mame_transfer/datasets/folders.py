@@ -17,6 +17,8 @@ from mame_transfer.datasets.tables import (
     TABLE_COLUMNS,
     UNKNOWN_MUSEUM,
     Dataset,
+    check_classes_trained,
+    class_name,
 )
 
 
@@ -45,7 +47,7 @@ def read_folders(
             f"only {', '.join(SUBSETS)} folders, each with one folder per class (e.g. {root}/train/<class>/x.jpg); "
             "move the class folders into train/ (and val/, test/)."
         )
-    records, stray, classes = [], [], set()
+    records, stray, empty, classes = [], [], [], set()
     for split_dir in (root / s for s in SUBSETS if (root / s).is_dir()):
         for entry in sorted(split_dir.iterdir()):
             if entry.name.startswith("."):
@@ -54,11 +56,18 @@ def read_folders(
                 if entry.suffix.lower() in IMAGE_EXTENSIONS:
                     stray.append(str(entry))
                 continue
-            classes.add(entry.name)
+            label = class_name(entry.name)  # "Café" typed two ways (NFC / NFD) is one class
+            classes.add(label)
+            found = len(records)
             for file in sorted(entry.rglob("*")):
                 # Non-image files (README, Thumbs.db) are skipped on purpose: only the listed extensions are data.
                 if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
-                    records.append((file.relative_to(root).as_posix(), str(file), entry.name, split_dir.name))
+                    records.append((file.relative_to(root).as_posix(), str(file), label, split_dir.name))
+            if len(records) == found:
+                empty.append(str(entry))
+    if empty:
+        raise DataError(f"{root}: {len(empty)} class folder(s) hold no .jpg/.jpeg/.png image: {shorten_list(empty)}. "
+                        f"Each would be a class the model can never learn; add images or remove the folder(s).")
     if stray:
         raise DataError(
             f"{root}: {len(stray)} image(s) lie directly in a split folder instead of a class folder: "
@@ -93,4 +102,5 @@ def read_folders(
         },
         columns=TABLE_COLUMNS,
     )
+    check_classes_trained(table, classes, root)
     return Dataset(table, classes, root=root, layout="folders", image_root=root, source=root)

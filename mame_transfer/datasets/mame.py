@@ -8,7 +8,9 @@ turns any :class:`~mame_transfer.datasets.tables.Dataset` into this layout (``py
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from mame_transfer.datasets.tables import (
     SUBSETS,
     TOY_CSV,
     Dataset,
+    check_classes_trained,
+    class_name,
 )
 
 
@@ -54,6 +58,7 @@ def read_mame(
     frame = _read_csv(csv_path)
     classes = _read_labels(meta_dir / LABELS_CSV) if (meta_dir / LABELS_CSV).is_file() else None
     table, classes = _validate_rows(frame, csv_path, classes, meta_dir / LABELS_CSV)
+    check_classes_trained(table, classes, csv_path)
 
     image_root = _find_image_dir(root, meta_dir, images, csv_path, required=check_files)
     table.insert(1, "path", [os.path.join(image_root, name) for name in table["image"]])
@@ -116,7 +121,9 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
         raise DataError(
             f"{csv_path} is empty; expected the header {','.join(COLUMNS)} and one row per image."
         ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(csv_path)) from None
+    except pd.errors.ParserError as exc:
         raise DataError(f"{csv_path} is not a readable CSV file: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -128,22 +135,41 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     return frame
 
 
+def not_utf8(path: Path) -> str:
+    """The message for a text file that is not UTF-8: where the first bad byte is, and how to fix it."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path} is not UTF-8 text. Save the file as UTF-8."
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line = data[:start].count(b"\n") + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    text = data.splitlines()[line - 1].decode("cp1252", errors="replace")
+    return (f"{path} line {line} is not UTF-8 text (byte 0x{data[start:start + 1].hex()} at column {column}; read "
+            f"as Windows-1252 the line is {text!r}). Save the file as UTF-8 (a spreadsheet's 'CSV UTF-8', or "
+            f"iconv -f WINDOWS-1252 -t UTF-8).")
+
+
 def _read_labels(labels_path: Path) -> list[str]:
-    """Read ``MAMe_labels.csv`` (no header; ``index,name``) into names ordered by index."""
+    """Read ``MAMe_labels.csv`` (no header; ``index,name``) into names ordered by index (NFC-normalised)."""
+    try:
+        text = labels_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(labels_path)) from None
     entries: dict[int, str] = {}
-    with open(labels_path, newline="", encoding="utf-8-sig") as fh:
-        for line, row in enumerate(csv.reader(fh), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            try:
-                index, name = int(row[0]), ",".join(row[1:]).strip()
-            except (ValueError, IndexError):
-                raise DataError(
-                    f"{labels_path} line {line}: expected 'index,name' (no header), got {','.join(row)!r}."
-                ) from None
-            if not name or index in entries or name in entries.values():
-                raise DataError(f"{labels_path} line {line}: empty or duplicate label entry {','.join(row)!r}.")
-            entries[index] = name
+    for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        try:
+            index, name = int(row[0]), class_name(",".join(row[1:]))
+        except (ValueError, IndexError):
+            raise DataError(
+                f"{labels_path} line {line}: expected 'index,name' (no header), got {','.join(row)!r}."
+            ) from None
+        if not name or index in entries or name in entries.values():
+            raise DataError(f"{labels_path} line {line}: empty or duplicate label entry {','.join(row)!r}.")
+        entries[index] = name
     if sorted(entries) != list(range(len(entries))) or not entries:
         raise DataError(
             f"{labels_path}: label indices must be 0..n-1 without gaps; found {sorted(entries)[:LIST_LIMIT]}..."
@@ -165,7 +191,7 @@ def _validate_rows(
             problems.append(f"{mask.sum()} row(s) {what}: {shorten_list(items)}. {fix}")
 
     image = frame["Image file"].str.strip()
-    label = frame["Medium"].str.strip()
+    label = frame["Medium"].map(class_name)
     subset = frame["Subset"].str.strip()
 
     bad(image.eq("").to_numpy(), image, "with an empty 'Image file'", "Give each row its image file name.")
@@ -174,6 +200,8 @@ def _validate_rows(
         "Image files must end in .jpg, .jpeg or .png.")
     bad(image.duplicated(keep=False).to_numpy() & image.ne("").to_numpy(), image, "naming the same image file",
         "Each image must appear once; remove the duplicate rows.")
+    bad(image.map(_leaves_folder).to_numpy(), image, "whose 'Image file' leaves the image folder",
+        "Image files are paths relative to the image folder, without '..', a drive or a leading '/'.")
     bad(~subset.isin(SUBSETS).to_numpy(), frame["Subset"], "with an unknown Subset",
         f"Subset must be one of {', '.join(SUBSETS)}.")
     bad(label.eq("").to_numpy(), frame["Medium"], "with an empty Medium (label)", "Give each row its class name.")
@@ -213,6 +241,13 @@ def _validate_rows(
         }
     )
     return table, list(classes)
+
+
+def _leaves_folder(name: str) -> bool:
+    """Whether a relative image path could point outside its folder (``../x``, ``/x``, ``C:x``, ``\\\\host``)."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or bool(re.match(r"[A-Za-z]:", posix)) or ".." in posix.split("/") \
+        or os.path.isabs(name)
 
 
 def _check_table_files(table: pd.DataFrame, csv_path: Path, image_root: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,32 @@ LAYOUTS_HELP = (
     "directly in ROOT, with images in ROOT/data_256/ or ROOT/data/) or a class-per-folder layout "
     "(ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg, optionally ROOT/test/<class>/*.jpg)."
 )
+
+
+def class_name(text) -> str:
+    """A class name as the package keys it: NFC-normalised Unicode, surrounding whitespace stripped.
+
+    ``Café`` typed with a precomposed é (macOS folder names use the decomposed form) and ``"Woven fabric "`` with the
+    real CSV's trailing space each stay one class.
+    """
+    return unicodedata.normalize("NFC", str(text)).strip()
+
+
+def check_classes_trained(table: pd.DataFrame, classes: list[str], source) -> None:
+    """Every class with val or test rows must have train rows (else it is an output nothing taught).
+
+    Raises:
+        DataError: naming the classes and where their rows are.
+    """
+    if "train" not in set(table["subset"]):
+        return  # an evaluation-only set (e.g. ``evaluate --data``) has nothing to learn from
+    trained = set(table.loc[table["subset"] == "train", "label"])
+    untrained = [c for c in classes if c not in trained and (table["label"] == c).any()]
+    if untrained:
+        where = {c: sorted(set(table.loc[table["label"] == c, "subset"])) for c in untrained}
+        raise DataError(f"{source}: {len(untrained)} class(es) have val/test images but no train image: "
+                        f"{'; '.join(f'{c!r} (in {chr(44).join(w)})' for c, w in where.items())}. Add train images "
+                        f"for them or remove their rows.")
 
 
 @dataclass
