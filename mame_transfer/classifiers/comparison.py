@@ -63,9 +63,10 @@ class Source:
 
 def source_from_store(store, feature_set: str = "embeddings") -> Source:
     """Read a feature store (path or :class:`~mame_transfer.store.store.FeatureStore`) into memory."""
-    from mame_transfer.store.store import MANIFEST, FeatureStore, load_store
+    from mame_transfer.store.store import MANIFEST, FeatureStore, check_one_dataset, load_store
 
     store = store if isinstance(store, FeatureStore) else load_store(store)
+    check_one_dataset(store)
     if "train" not in store.splits:
         raise DataError(f"{store.path / MANIFEST}: the comparison needs a 'train' split "
                         f"(present: {', '.join(store.splits)}).")

@@ -6,12 +6,14 @@ of killing an epoch hours in; :func:`looks_complete` is the same check inside th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from mame_transfer.core.errors import shorten_list
+from mame_transfer.core.errors import DataError, shorten_list
 
 _TAIL_BYTES = 32  # JPEG EOI / PNG IEND must lie within the last bytes (a little padding is tolerated)
 _DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # what tf.io.decode_image reads (MPO is a camera JPEG)
@@ -20,8 +22,10 @@ _DECODABLE = {"JPEG", "MPO", "PNG", "GIF", "BMP"}  # what tf.io.decode_image rea
 def check_images(paths: Sequence[str | os.PathLike], *, workers: int = 8) -> list[tuple[str, str]]:
     """Find unreadable image files without decoding them.
 
-    Each file's header is read with PIL (format and size only), JPEGs must end with the EOI marker ``FF D9`` and
-    PNGs with an ``IEND`` chunk (a few bytes of trailing padding are tolerated), which catches truncated copies.
+    Each file's header is read with PIL (format and size only). A JPEG is decoded at 1/8 scale by libjpeg-turbo
+    (``simplejpeg``: the whole entropy-coded data is read, the inverse DCT mostly skipped), which catches a copy
+    cut short even when someone appended an end marker ``FF D9``; data after the end marker (phones append
+    trailers) is accepted. A PNG must end with an ``IEND`` chunk (a few bytes of padding are tolerated).
 
     Returns:
         ``(path, reason)`` for every bad file, in input order.
@@ -63,18 +67,45 @@ def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
         return size, f"unsupported image format {fmt} (expected JPEG or PNG)"
     if size[0] <= 0 or size[1] <= 0:
         return size, f"image has no pixels ({size[0]}x{size[1]})"
-    if fmt in ("JPEG", "MPO", "PNG"):
+    if fmt == "PNG":
         try:
             with open(path, "rb") as fh:
                 fh.seek(max(nbytes - _TAIL_BYTES, 0))
                 tail = fh.read()
         except OSError as exc:
             return size, f"cannot read file ({exc.strerror})"
-        if fmt == "PNG" and b"IEND" not in tail:
+        if b"IEND" not in tail:
             return size, "truncated PNG (no IEND chunk at the end)"
-        if fmt != "PNG" and b"\xff\xd9" not in tail:
-            return size, "truncated JPEG (no end-of-image marker FF D9)"
+    elif fmt in ("JPEG", "MPO"):
+        return size, _jpeg_problem(path)
     return size, None
+
+
+def _jpeg_problem(path: str) -> str | None:
+    """Why a JPEG cannot be decoded whole, or None: its entropy-coded data is read to the end (1/8 scale)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror})"
+    if b"\xff\xd9" not in data:
+        return "truncated JPEG (no end-of-image marker FF D9)"
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover  (a platform without its wheel: the end-marker check above only)
+        return None
+    try:
+        space = simplejpeg.decode_jpeg_header(data)[2]
+        colorspace = {"CMYK": "CMYK", "Gray": "GRAY"}.get(space, "RGB")
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=8, strict=True)
+    except ValueError as exc:
+        if "premature end" in str(exc).lower():
+            return f"truncated JPEG ({exc}): the image data stops before the picture is complete"
+        try:  # other libjpeg warnings (e.g. extraneous bytes) leave a complete picture: accepted
+            simplejpeg.decode_jpeg(data, colorspace=colorspace, min_factor=8, strict=False)
+        except ValueError as exc2:
+            return f"undecodable JPEG ({exc2})"
+    return None
 
 
 def to_rgb(im):
@@ -99,12 +130,35 @@ def looks_complete(data):
     head = tf.strings.substr(data, 0, 8)
     tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(n - _TAIL_BYTES, 0), _TAIL_BYTES), tf.uint8)
     tail = tf.cast(tail, tf.int32)
-    eoi = tf.reduce_any((tail[:-1] == 0xFF) & (tail[1:] == 0xD9))
+    whole = tf.io.decode_raw(data, tf.uint8)  # a JPEG's end marker may be followed by a trailer (phones)
+    eoi = tf.reduce_any((whole[:-1] == 0xFF) & (whole[1:] == 0xD9))
     iend = tf.reduce_any((tail[:-3] == 73) & (tail[1:-2] == 69) & (tail[2:-1] == 78) & (tail[3:] == 68))
     is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
     is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
     is_other = tf.equal(tf.strings.substr(head, 0, 3), b"GIF") | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
     return (is_jpeg & eoi) | (is_png & iend) | is_other
+
+
+DECODE_FAILED = "Cannot decode image file (empty, truncated or not JPEG/PNG)"  # the in-graph assert's message
+
+
+@contextlib.contextmanager
+def named_image_errors() -> Iterator[None]:
+    """Turn the in-graph image check's failure (a TensorFlow error deep in ``fit``) into a DataError naming the file.
+
+    Reached only when the check before training was skipped (``--no-check-images``) or a file changed since.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  (tf.errors.InvalidArgumentError, without importing TensorFlow here)
+        text = str(exc)
+        if DECODE_FAILED not in text:
+            raise
+        match = re.search(r"data check`:\]\s*\[(.*?)\]", text)
+        name = match.group(1) if match else "an image file"
+        raise DataError(f"{name} cannot be decoded (empty, truncated or not an image). Replace or remove it; "
+                        f"`python -m mame_transfer.data check DATA` lists every bad file (or train with the default "
+                        f"--check-images).") from None
 
 
 def bad_files_message(where: Path, bad: list[tuple[str, str]]) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError
-from mame_transfer.datasets.images import looks_complete
+from mame_transfer.datasets.images import DECODE_FAILED, looks_complete
 
 
 def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -35,8 +35,7 @@ def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: b
     data = tf.io.read_file(path_tensor)
     check = tf.debugging.Assert(
         looks_complete(data),
-        ["Cannot decode image file (empty, truncated or not JPEG/PNG); run `python -m mame_transfer.data check`:",
-         path_tensor],
+        [f"{DECODE_FAILED}; run `python -m mame_transfer.data check`:", path_tensor],
     )
     with tf.control_dependencies([check]):
         if dct_ratio:

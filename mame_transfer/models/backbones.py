@@ -12,6 +12,7 @@ When the file is not cached and the download host cannot be reached, :func:`reso
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -122,7 +123,22 @@ class BackboneSpec:
             if weights == "imagenet" and resolved == "imagenet":
                 fname, url = self.weights_files(include_top, alpha, size)
                 raise WeightsError(_offline_message(fname, url, str(exc))) from exc
+            if resolved is not None and resolved != "imagenet":  # a file: not HDF5, or another network's weights
+                raise WeightsError(_weights_file_message(self, resolved, exc, include_top, alpha, size)) from None
             raise
+
+
+def _weights_file_message(spec: "BackboneSpec", path: str, exc: Exception, include_top: bool, alpha: float,
+                          size: int) -> str:
+    what = f"{spec.name}" + (f" alpha {alpha}" if spec.accepts_alpha else "") + \
+        (" with its ImageNet classifier" if include_top else " without its classifier (no top)")
+    example = ""
+    if spec.weights_files is not None:
+        with contextlib.suppress(Exception):
+            example = f", such as {spec.weights_files(include_top, alpha, size)[0]}"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"weights file {path!r} cannot be loaded into {what}: {reason[:300]}. Expected a Keras Applications HDF5 "
+            f"weights file (.h5) for exactly that network{example}; or pass --weights imagenet or none.")
 
 
 def keras_models_dirs() -> list[Path]:

@@ -21,6 +21,7 @@ import pandas as pd
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, check_output, locked, mark, write_json, write_text
+from mame_transfer.datasets.images import named_image_errors
 from mame_transfer.store.store import (
     EMBEDDINGS,
     FORMAT,
@@ -29,6 +30,7 @@ from mame_transfer.store.store import (
     PROGRESS,
     STORE_KIND,
     FeatureStore,
+    file_sha256,
     input_hash,
     is_store,
     load_store,
@@ -171,9 +173,10 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         # An interrupted export of ours is resumed or redone; a foreign folder of that name is never touched.
         check_output(work, STORE_KIND, additive=True, legacy=lambda p: (p / PROGRESS).is_file(),
                      what="interrupted feature export", flag="--out (its .partial folder)")
-        return _export(out, work, existed, dataset, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
-                       run=run, layer=layer, splits=splits, batch_size=batch_size, imagenet_probs=imagenet_probs,
-                       verbose=verbose, jitter=jitter, seed=seed)
+        with named_image_errors():
+            return _export(out, work, existed, dataset, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
+                           run=run, layer=layer, splits=splits, batch_size=batch_size,
+                           imagenet_probs=imagenet_probs, verbose=verbose, jitter=jitter, seed=seed)
 
 
 def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weights, image_size, run, layer, splits,
@@ -225,6 +228,9 @@ def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weigh
                     on_batch=mark, desc=key, verbose=verbose, jitter=jitter)
             del array
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for split, table in tables.items():  # provenance per split: a split copied from another export is refused
+        manifest["splits"][split].update(dataset=manifest["dataset"], input_hash=input_hash(table),
+                                         metadata_sha256=file_sha256(work / split / "metadata.csv"))
     write_json(work / MANIFEST, manifest)
     (work / PROGRESS).unlink()
     if existed:  # our own earlier store (checked), replaced only now that the new one is complete

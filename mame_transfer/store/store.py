@@ -131,6 +131,11 @@ class FeatureStore:
             if rows != n:
                 raise DataError(f"{meta_path} has {rows} rows but {self.path / split / 'embeddings.npy'} has {n}: "
                                 f"rows must correspond one to one.")
+            recorded = info.get("metadata_sha256")
+            if recorded and file_sha256(meta_path) != recorded:
+                raise DataError(f"{meta_path} is not the metadata this store was exported with (its sha256 differs from "
+                                f"the one in {man}): split {split!r} was copied in from another export or edited. "
+                                f"Re-export the store.")
         return self
 
 
@@ -157,6 +162,28 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path} lacks the column(s) {missing}; expected {METADATA_COLUMNS}.")
     return df
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (recorded per split for ``metadata.csv``: splits cannot be swapped between stores)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_one_dataset(store: "FeatureStore") -> None:
+    """Refuse a store whose splits record different source data sets (a store put together from several exports).
+
+    Raises:
+        DataError: naming the splits and where each came from.
+    """
+    sources = {s: info.get("dataset") for s, info in store.manifest["splits"].items() if info.get("dataset")}
+    if len(set(sources.values())) > 1:
+        raise DataError(f"{store.path / MANIFEST}: its splits come from different data sets ("
+                        f"{'; '.join(f'{s}: {d}' for s, d in sources.items())}); scores across them would compare "
+                        f"unlike data. Export every split from one data set into one store.")
 
 
 def is_store(path: Path) -> bool:
@@ -254,6 +281,7 @@ def write_store(out: str | os.PathLike, *, manifest: Mapping, splits: Mapping[st
             (tmp / split).mkdir()
             np.save(tmp / split / f"{EMBEDDINGS}.npy", np.asarray(emb, dtype=np.float32))
             metadata_frame(meta).to_csv(tmp / split / "metadata.csv", index=False)
+            man["splits"][split]["metadata_sha256"] = file_sha256(tmp / split / "metadata.csv")
             for fs, arr in (extra_sets or {}).get(split, {}).items():
                 np.save(tmp / split / f"{fs}.npy", np.asarray(arr, dtype=np.float32))
         (tmp / MANIFEST).write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")

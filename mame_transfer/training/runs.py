@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -383,5 +384,13 @@ def load_run(run_dir: str | Path):
     import keras
 
     run_dir = check_finished(run_dir)
-    model = keras.models.load_model(run_dir / MODEL, compile=False)
+    path = run_dir / MODEL
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path} is corrupt: not a complete .keras archive ({path.stat().st_size} bytes; cut short by "
+                          f"a copy or a full disk?). Copy it again or retrain the run.")
+    try:  # safe_mode (the default) stays on: a .keras file from a stranger runs no Python of its own
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001  (Keras raises ValueError, OSError, KeyError... on damaged archives)
+        raise ConfigError(f"{path} is corrupt or not a mame_transfer model ({type(exc).__name__}: "
+                          f"{str(exc).strip()[:300]}). Copy it again or retrain the run.") from None
     return model, read_config(run_dir), read_classes(run_dir)

@@ -16,6 +16,7 @@ from mame_transfer.core.cli import log_to_stdout
 from mame_transfer.core.config import TrainConfig
 from mame_transfer.core.errors import MameTransferError
 from mame_transfer.core.fileio import atomic_path, write_json
+from mame_transfer.datasets.images import named_image_errors
 from mame_transfer.training import runs
 from mame_transfer.training.compile import (
     class_weights,
@@ -139,7 +140,7 @@ def train(config: TrainConfig) -> Path:
     methods.check_config(config)
     keras.utils.set_random_seed(config.seed)
     dataset = runs.dataset_for(config)
-    with runs.open_run(config, dataset) as (final, work, resuming):  # locked, checked, fingerprinted
+    with runs.open_run(config, dataset) as (final, work, resuming), named_image_errors():  # locked, checked
         return _train(config, dataset, final, work, resuming)
 
 

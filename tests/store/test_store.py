@@ -43,7 +43,8 @@ def test_roundtrip(tmp_path):
     assert again.embeddings("train", "imagenet_probs").shape == (6, 1000)
     man = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert man["format"] == FORMAT and man["augment"] is False
-    assert man["splits"]["train"] == {"n": 6, "dim": 32}
+    assert {k: man["splits"]["train"][k] for k in ("n", "dim")} == {"n": 6, "dim": 32}
+    assert len(man["splits"]["train"]["metadata_sha256"]) == 64
     # pandas alone reads the files (other tools rely on it)
     assert len(pd.read_csv(tmp_path / "store" / "val" / "metadata.csv")) == 4
 
