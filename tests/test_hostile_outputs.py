@@ -360,3 +360,31 @@ def test_tune_resume_with_tied_scores_keeps_the_earlier_best_and_its_weights(tmp
     assert summary["best_trial"] == "0" and summary["best_weights"] == first["best_weights"]
     assert Path(summary["best_weights"]).is_file()
     assert "best trial 0 " in (out / "best.yaml").read_text()
+
+
+# --------------------------------------------------------------------------------------------- prepare and kill -9
+
+
+def test_prepare_leaves_no_worker_processes_after_kill_minus_nine(demo_root, tmp_path):
+    import psutil
+
+    cmd = [PY, "-m", "mame_transfer.prepare", "--data", str(demo_root), "--size", "300", "--no-draft", "--workers",
+           "2", "--quiet", "--out", str(tmp_path / "out")]
+    parent = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and parent.poll() is None and len(workers) < 2:
+            workers = psutil.Process(parent.pid).children(recursive=True)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the pool never started"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"orphan workers still running: {[p.pid for p in alive]}"
+    finally:  # never leave a process behind, whatever failed
+        if parent.poll() is None:
+            parent.kill()
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
