@@ -75,3 +75,31 @@ def test_a_diverging_run_stops_and_stays_incomplete(tmp_path, capsys, demo_root)
                    "training diverged: the loss is", "--overwrite")
     assert "epoch 1" in err
     assert not out.exists() and out.with_name("run.partial").is_dir()
+
+
+def test_an_interrupted_run_continues_the_same_random_stream(tmp_path, monkeypatch, demo_root):
+    """Data order, augmentation and dropout are seeded per epoch: a run interrupted after epoch 1 and resumed has the
+    history of an uninterrupted one (with tf.data's own reshuffling it replayed epoch 1's order and augmentation)."""
+    import numpy as np
+    import pandas as pd
+
+    from mame_transfer.training import runs
+
+    argv = TINY + ["--lr", "3e-3", "--epochs", "3", "--early-stopping", "0", "--steps-per-epoch", "6",
+                   "--dropout", "0.5"]
+    assert finetune.main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    real_save = runs.ResumeState.save
+
+    def save_then_die(self, model, epoch, *args, **kwargs):
+        real_save(self, model, epoch, *args, **kwargs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if killed right after the epoch's state was written
+
+    monkeypatch.setattr(runs.ResumeState, "save", save_then_die)
+    assert finetune.main(argv + ["--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(runs.ResumeState, "save", real_save)
+    assert finetune.main(argv + ["--out", str(tmp_path / "cut")]) == 0
+    assert "resuming after epoch 1" in (tmp_path / "cut" / "run.log").read_text()
+    whole, cut = pd.read_csv(tmp_path / "whole" / "history.csv"), pd.read_csv(tmp_path / "cut" / "history.csv")
+    cols = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    np.testing.assert_allclose(cut[cols].to_numpy(), whole[cols].to_numpy(), rtol=1e-4, atol=1e-5)

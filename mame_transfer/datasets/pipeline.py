@@ -101,6 +101,51 @@ def _augment(images, seed):
     return _rotate(images, angles)
 
 
+def epoch_seed(seed: int, epoch, salt: int = 0):
+    """The seed of one epoch's shuffle and augmentation, a pure function of ``(seed, epoch)``.
+
+    A resumed run draws the very same order and augmentation for epoch ``e`` as an uninterrupted one (tf.data's own
+    per-iteration reshuffling depends on how many epochs this process has run). ``epoch`` may be a tensor.
+    """
+    return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**31 - 1)
+
+
+def make_epochs(table: pd.DataFrame, *, start_epoch: int, steps: int, image_size: int | Sequence[int],
+                preprocess: Callable | None, batch_size: int, augment: bool = False, seed: int = 0,
+                dct_ratio: bool = False):
+    """An endless training stream from ``start_epoch`` on, ``steps`` batches per epoch, each epoch seeded alone.
+
+    Epoch ``e`` is the table shuffled with :func:`epoch_seed` ``(seed, e)`` (repeated when ``steps`` asks for more
+    than one pass), augmented with per-batch stateless seeds derived from it. Fit with ``steps_per_epoch=steps``.
+    """
+    import tensorflow as tf
+
+    if len(table) == 0:
+        raise DataError("make_epochs got an empty table; check the split you passed.")
+    paths = table["path"].astype(str).tolist()
+    labels = table["label_index"].to_numpy(dtype=np.int32)
+
+    full = -(-len(paths) // batch_size)  # batches in one pass; more steps than that repeat the pass
+
+    def one_epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(paths), dtype=tf.int64),
+                                                         seed=tf.stack([tf.cast(epoch_seed(seed, e), tf.int64), e]))
+        ds = tf.data.Dataset.from_tensor_slices(order).repeat(-(-steps // full))
+        ds = ds.map(lambda i: (decode_and_resize(tf.gather(paths, i), image_size, dct_ratio), tf.gather(labels, i)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size).take(steps)
+        if augment:
+            ds = ds.enumerate().map(
+                lambda b, batch: (_augment(batch[0], tf.stack([tf.cast(epoch_seed(seed, e, 1), tf.int64), b])),
+                                  batch[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
+
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(one_epoch)
+    if preprocess is not None:
+        ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def make_pipeline(
     table: pd.DataFrame,
     *,

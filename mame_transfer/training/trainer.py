@@ -130,6 +130,39 @@ def image_pipelines(config: TrainConfig, train_t, val_t):
             make_pipeline(val_t, training=False, augment=False, **pipe))
 
 
+def _train_stream(config: TrainConfig, train_t, start_epoch: int, steps: int):
+    """The training batches from ``start_epoch`` on, each epoch seeded by its number (``None``: not available).
+
+    With it a run resumed after ``kill -9`` sees the same order and augmentation as an uninterrupted one. The
+    variable-shape and in-memory image cache pipelines keep tf.data's own reshuffling (None).
+    """
+    from mame_transfer.datasets.pipeline import make_epochs
+    from mame_transfer.models import backbones
+
+    if config.shape != "fixed" or config.image_cache:
+        return None
+    return make_epochs(train_t, start_epoch=start_epoch, steps=steps, image_size=config.image_size,
+                       preprocess=backbones.get(config.arch).preprocess, batch_size=config.batch_size,
+                       augment=config.augment, seed=config.seed)
+
+
+def _reseed_each_epoch(seed: int):
+    """Set every dropout layer's random state from ``(seed, epoch)`` when an epoch begins (see :func:`_train_stream`)."""
+    import keras
+
+    from mame_transfer.datasets.pipeline import epoch_seed
+
+    class _Reseed(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            for i, layer in enumerate(self.model.layers):
+                generator = getattr(layer, "seed_generator", None)
+                if generator is not None:
+                    state = generator.state
+                    state.assign(np.array([epoch_seed(seed, epoch, 2 + i), 0]).astype(state.dtype))
+
+    return _Reseed()
+
+
 def train(config: TrainConfig) -> Path:
     """Fine-tune according to ``config``; returns the finished run directory."""
     import keras
@@ -182,9 +215,12 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
             if start >= p_end or stopped:
                 continue
             set_trainable(net, config.arch, freeze)
+            stream = _train_stream(config, train_t, max(start, p_start), steps)
+            phase_ds = stream if stream is not None else train_ds
             # The frozen-prefix cache swaps in the suffix model and cached pipelines when it applies.
             fit_net, fit_train, fit_val, route = prefix_cache.phase_inputs(
-                net, config, freeze, train_t, val_t, work, train_ds, val_ds, epochs=p_end - max(start, p_start))
+                net, config, freeze, train_t, val_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start))
+            epochwise = stream is not None and fit_train is stream  # endless: steps_per_epoch bounds each epoch
             with strategy_scope(strategy):  # optimizer variables must be mirrored like the model's
                 compile_model(fit_net, config, len(classes), total_steps=steps * (p_end - p_start))
             restore = None
@@ -197,12 +233,12 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                      phase + 1, max(start, p_start) + 1, p_end, freeze,
                      f"{summary['trainable_params']:,}", f"{summary['frozen_params']:,}", route)
             tracked = schedule_callbacks(config)
-            callbacks = [_stop_on_nan(work, config)] + list(tracked.values()) + [
+            callbacks = [_stop_on_nan(work, config), _reseed_each_epoch(config.seed)] + list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
                 _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
             ]
             fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
-                        steps_per_epoch=steps if config.steps_per_epoch else None, class_weight=cw,
+                        steps_per_epoch=steps if config.steps_per_epoch or epochwise else None, class_weight=cw,
                         callbacks=callbacks, verbose=config.verbose,
                         shuffle=False)  # the tf.data pipeline shuffles (seeded) itself
             es = tracked.get("early_stopping")
