@@ -134,7 +134,8 @@ def test_projections_pca_tsne_and_sampling():
     assert isinstance(fig, Figure) and len(fig.axes[0].get_legend().get_texts()) == 3
     page = projections.scatter3d_html(res.coords["train"], res.meta["train"]["label"], ["</script>x.jpg"] * 15,
                                       ["A", "B", "C"])
-    assert "<script src" not in page and "</script>x.jpg" not in page and page.count("</script>") == 1
+    assert "<script src" not in page and "</script>x.jpg" not in page and page.count("</script>") == 2  # data, code
+    assert "\\u003c/script\\u003ex.jpg" in page  # the name, escaped inside the JSON data
 
 
 # ----------------------------------------------------------------------------------------------- Grad-CAM / featvis
