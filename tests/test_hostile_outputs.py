@@ -153,6 +153,12 @@ def test_atomic_path_never_removes_a_folder_it_was_not_told_it_owns(tmp_path):
         tmp.mkdir()
         (tmp / "new.txt").write_text("n")
     assert sorted(p.name for p in folder.iterdir()) == [OWNER_FILE, "new.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a folder made ready by hand holds nothing to lose
+    with atomic_path(empty, kind="test") as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("a")
+    assert (empty / "a.txt").is_file()
 
 
 # --------------------------------------------------------------------------------------------- case 4: locks

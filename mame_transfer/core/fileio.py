@@ -64,7 +64,9 @@ def atomic_path(path: str | os.PathLike, *, kind: str | None = None, replace: bo
             if kind:
                 mark(target, kind)
             if path.is_dir() or path.is_symlink():
-                if not replace or path.is_symlink():
+                empty = path.is_dir() and not path.is_symlink() and \
+                    not [p for p in path.iterdir() if p.name != OWNER_FILE]
+                if not (replace or empty) or path.is_symlink():
                     raise OutputError(f"{path} already exists and was not checked to be this command's own "
                                       f"output; it was left as it is")
                 os.replace(path, tmp / ".replaced")  # the old folder goes away only once the new one is in place
