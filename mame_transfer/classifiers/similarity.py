@@ -77,22 +77,28 @@ def top_imagenet_labels(probs: np.ndarray, labels: Sequence[str], classes: Seque
     return pd.DataFrame(rows, columns=["class", "rank", "imagenet_label", "share", "mean_prob", "n"])
 
 
-def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, seed: int = 0) -> pd.DataFrame:
-    """Accuracy of one classifier (grid-searched on train) on the ImageNet output vs on the embeddings."""
+def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, seed: int = 0, n_jobs: int = 1,
+                      verbose: int = 0) -> pd.DataFrame:
+    """Accuracy of one classifier (grid-searched on train) on the ImageNet output vs on the embeddings.
+
+    ``verbose`` shows a progress bar over the two fits; ``n_jobs`` runs the CV fits in parallel.
+    """
     from mame_transfer.classifiers.comparison import (
         build_inputs,
         fit_one,
         source_from_store,
     )
+    from mame_transfer.core.progress import track
 
     rows = []
-    for feature_set, transform in (("imagenet_probs", "log"), ("embeddings", None)):
+    fits = (("imagenet_probs", "log"), ("embeddings", None))
+    for feature_set, transform in track(fits, desc=f"{classifier} fits", unit="fit", verbose=verbose):
         source = source_from_store(store, feature_set)
         if transform == "log":
             # log-probabilities: softmax outputs are heavy-tailed; the log makes them usable by linear models
             source.embeddings = {s: np.log(np.clip(e, 1e-7, 1.0)) for s, e in source.embeddings.items()}
         inputs = build_inputs(source, "embeddings")
-        _, row, _ = fit_one(classifier, inputs, len(source.classes), fast=fast, seed=seed)
+        _, row, _ = fit_one(classifier, inputs, len(source.classes), fast=fast, seed=seed, n_jobs=n_jobs)
         rows.append({"features": feature_set, "dim": inputs.X["train"].shape[1], "classifier": classifier,
                      "val_top1": row["val_top1"], "test_top1": row["test_top1"], "cv_top1": row["cv_top1"]})
     out = pd.DataFrame(rows)
@@ -102,7 +108,8 @@ def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, s
 
 
 def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None, *, split: str = "val",
-            top: int = 3, classifier: str = "logreg", fast: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+            top: int = 3, classifier: str = "logreg", fast: bool = True, n_jobs: int = 1,
+            verbose: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both views for a store with ``imagenet_probs``; writes CSV + Markdown to ``out`` when given."""
     from mame_transfer.classifiers.comparison import markdown_table
     from mame_transfer.store.store import IMAGENET_PROBS, MANIFEST, load_store
@@ -114,7 +121,7 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     names = imagenet_class_names()
     probs = np.asarray(store.embeddings(split, IMAGENET_PROBS))
     labels_table = top_imagenet_labels(probs, store.metadata(split)["label"].astype(str), store.classes, names, top)
-    scores = similarity_scores(store, classifier=classifier, fast=fast)
+    scores = similarity_scores(store, classifier=classifier, fast=fast, n_jobs=n_jobs, verbose=verbose)
     if out is not None:
         out = Path(out)
         write_text(out / "imagenet_labels.csv", labels_table.to_csv(index=False))

@@ -13,6 +13,7 @@ Files of a finished run::
     metrics.json           per evaluated split: top-k, F1, per-class report, confusion matrix
     predictions[_S].csv, classification_report[_S].txt, confusion_matrix[_S].png   per split S
     run.log                what ran: sizes, phases, resume, training route
+    tensorboard/           with ``--tensorboard``: TensorBoard event files (train/ and validation/)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ RUN_LOG = "run.log"
 BEST_WEIGHTS = "best.weights.h5"
 STATE_DIR = "resume_state"
 PREFIX_CACHE_DIR = "prefix_cache"
+TENSORBOARD_DIR = "tensorboard"  # with --tensorboard: the run's TensorBoard logs
 FINISHED = (MODEL, CONFIG, CLASS_INDEX)  # what every finished run holds (metrics.json too, since 0.1)
 
 
@@ -84,7 +86,7 @@ def resolved_config(config: TrainConfig) -> TrainConfig:
 def _config_key(config: TrainConfig) -> dict:
     """The fields that identify a run's configuration (not where it is written or how verbosely)."""
     d = config.to_dict()
-    for k in ("out", "overwrite", "verbose", "runs_dir"):
+    for k in ("out", "overwrite", "verbose", "runs_dir", "tensorboard"):
         d.pop(k, None)
     return d
 
