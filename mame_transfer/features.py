@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
     src.add_argument("--weights", default="imagenet", help="imagenet | none | weights file")
     src.add_argument("--image-size", type=int, help="square input side (default: the backbone's)")
-    cli.hidden_alias(src, "--model", dest="model")  # the run, before it became the positional RUN
+    cli.hidden_alias(src, "--model", dest="model", alias_of="run")  # the run, before it became the positional RUN
     src.add_argument("--layer", help="layer to export (default: last spatial layer / the run's embedding layer)")
     src.add_argument("--imagenet-probs", action="store_true", help="also store the 1000 ImageNet probabilities")
     src.add_argument("--jitter", action="store_true",

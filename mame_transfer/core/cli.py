@@ -34,7 +34,7 @@ def program_name(command: str) -> str:
     ``command`` may carry a sub-command (``"features projector"``); it follows the program name.
     """
     head, _, rest = command.partition(" ")
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    script = re.split(r"[\\/]", sys.argv[0])[-1] if sys.argv and sys.argv[0] else ""  # POSIX or Windows path
     script = script[:-4] if script.lower().endswith(".exe") else script
     if script == SCRIPT_PREFIX + head.replace("_", "-"):
         return f"{script} {rest}".strip()
@@ -139,9 +139,16 @@ class ListAction(argparse.Action):
         setattr(namespace, self.dest, list(previous) + items)
 
 
-def hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs) -> None:
-    """Keep a renamed flag's former spelling working without showing it in ``--help``."""
-    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+def hidden_alias(parser: argparse.ArgumentParser, old: str, dest: str, *, alias_of: str | None = None,
+                 **kwargs) -> argparse.Action:
+    """Keep a renamed flag's former spelling working without showing it in ``--help``.
+
+    Args:
+        alias_of: the ``dest`` of the flag or positional it stands for, when it cannot share it (``dest``).
+    """
+    action = parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+    action.alias_of = alias_of or dest  # type: ignore[attr-defined]
+    return action
 
 
 def run(parser_or_args: argparse.ArgumentParser | argparse.Namespace, command: Callable[[argparse.Namespace], int | None],
@@ -161,9 +168,12 @@ def run(parser_or_args: argparse.ArgumentParser | argparse.Namespace, command: C
         args = parser_or_args
     else:
         args = parser_or_args.parse_args(argv)
-    verbose = getattr(args, "verbose", 1)
     try:
-        with runtime.command_process(verbose if isinstance(verbose, int) else 1, getattr(args, "jobs", None)):
+        verbose = int(getattr(args, "verbose", 1))  # finetune's flags are strings until its config is resolved
+    except (TypeError, ValueError):
+        verbose = 1
+    try:
+        with runtime.command_process(verbose, getattr(args, "jobs", None)):
             code = command(args)
     except MameTransferError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ SHOW_LOGS_ENV = "MAME_TRANSFER_TF_LOGS"
 # Start-up chatter of TensorFlow / XLA / absl (info and warning lines, and the CUDA probing errors of a GPU build
 # on a machine without a GPU); a line matching none of these is replayed.
 NOISE = re.compile(
-    r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+ "  # absl / glog info and warning lines
+    r"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "  # absl / glog info and warning lines
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|To enable the following instructions: "  # second line of the cpu_feature_guard message
     r"|E\d{4} .*(?:Unable to register cu[A-Za-z]+ factory|failed call to cuInit|TF-TRT))")
