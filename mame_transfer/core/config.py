@@ -233,7 +233,7 @@ def dump_yaml(config) -> str:
 
 
 def options_markdown(cls=TrainConfig) -> str:
-    """The README's options table, generated from the dataclass so it cannot drift from the code."""
+    """The options table of ``docs/options.md``, generated from the dataclass so it cannot drift from the code."""
     rows = ["| flag / YAML key | default | meaning |", "|---|---|---|"]
     for f in fields(cls):
         choices = f.metadata.get("choices")
@@ -247,7 +247,7 @@ def options_markdown(cls=TrainConfig) -> str:
 
 
 def update_readme(path: str | Path, cls=TrainConfig) -> bool:
-    """Rewrite the options table between the README's markers; returns True when it changed."""
+    """Rewrite the options table between the markers of a Markdown file; returns True when it changed."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     start, end = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
@@ -258,7 +258,7 @@ def update_readme(path: str | Path, cls=TrainConfig) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m mame_transfer.core.config [README.md]: print or refresh the options table
+if __name__ == "__main__":  # python -m mame_transfer.core.config [docs/options.md]: print or refresh the options table
     import sys
 
     if len(sys.argv) > 1:
