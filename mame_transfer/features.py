@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--demo", action="store_true", help="the built-in demo set")
     d.add_argument("--toy", action="store_true", help="MAMe layout: the toy CSV")
     d.add_argument("--images", help="MAMe layout: image folder")
-    d.add_argument("--splits", help="comma-separated subsets (default: all present)")
+    d.add_argument("--splits", action=cli.ListAction, metavar="SPLIT", help="subsets to export (default: all present)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
     p.add_argument("--out", required=True, help="store folder")
@@ -91,7 +91,7 @@ def _export(a) -> None:
     if a.run and model and a.run != model:
         raise ConfigError(f"two runs given: {a.run} and --model {model}; pass one")
     run = a.run or model
-    splits = [s.strip() for s in a.splits.split(",")] if a.splits else None
+    splits = a.splits or None
     dataset = load_dataset(demo.ensure_demo() if a.demo else a.data, toy=a.toy, images=a.images,
                            require=tuple(splits or ()))
     store = export(a.out, dataset, arch=a.arch, alpha=a.alpha, weights=a.weights, image_size=a.image_size,

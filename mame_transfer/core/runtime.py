@@ -4,8 +4,9 @@ TensorFlow writes its start-up lines (``oneDNN custom operations are on...``, ``
 optimized...``, absl's ``All log messages before absl::InitializeLog()...``) straight to file descriptor 2 while it
 is imported, before ``TF_CPP_MIN_LOG_LEVEL`` is read by its logger; only filtering that descriptor during the import
 hides them. :func:`configure` installs an import hook that does so the first time anything imports ``tensorflow``
-(commands import it lazily, so the hook is in place before), replays every other line, and sets the thread limits
-of ``--jobs`` right after the import. Users see the lines again with ``--verbose 2``, ``MAME_TRANSFER_TF_LOGS=1``
+(commands import it lazily, so the hook is in place before), replays every other line, sets the thread limits of
+``--jobs`` right after the import and lists the devices inside the filter too: the GPU build of TensorFlow (the
+``tensorflow`` wheel on Linux) probes CUDA then and logs ``failed call to cuInit`` on a machine without a GPU. Users see the lines again with ``--verbose 2``, ``MAME_TRANSFER_TF_LOGS=1``
 or their own ``TF_CPP_MIN_LOG_LEVEL`` below 2.
 """
 
@@ -89,7 +90,10 @@ class _TensorFlowImport(importlib.abc.MetaPathFinder):
         def exec_quietly(module):
             with filtered_stderr() if quiet else contextlib.nullcontext():
                 exec_module(module)
-            _limit_tensorflow_threads(module, jobs)
+                _limit_tensorflow_threads(module, jobs)  # before the runtime starts
+                if quiet:  # a GPU build probes CUDA when it first lists devices (cuInit errors without a GPU)
+                    with contextlib.suppress(Exception):
+                        module.config.list_physical_devices()
 
         spec.loader.exec_module = exec_quietly  # this spec's loader object only
         return spec

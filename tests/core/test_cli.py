@@ -79,6 +79,12 @@ def test_list_action_takes_commas_and_spaces(tmp_path):
         p.parse_args(["--channels", "1,x"])
 
 
+def test_list_archs_shows_the_product_backbones_only(capsys):
+    assert _command("finetune").main(["--list-archs"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet"]  # no test_tiny
+
+
 def test_hidden_alias_and_help_formatter():
     p = cli.parser("x", "t")
     p.add_argument("--jitter-px", type=int, default=4, help="shift in pixels")
