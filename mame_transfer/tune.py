@@ -62,7 +62,7 @@ def _tune(args) -> None:
                          **overrides)
     if summary:  # None on a distributed worker: the chief writes the results
         print(f"best trial {summary['best_trial']}: {summary['objective']} {summary['best_score']:.4f} "
-              f"({summary['trials']} trials, {summary['route']}); retrain with: python -m mame_transfer.finetune "
+              f"({summary['trials']} trials, {summary['route']}); retrain with: mame-finetune "
               f"--config {folder / 'best.yaml'}")
 
 

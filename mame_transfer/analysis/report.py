@@ -164,7 +164,7 @@ def _analysis_section(run_dir: Path, out_dir: Path, embed_limit: int = 1_000_000
     root = run_dir / ANALYSIS_DIR
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
     if not files:
-        return ('<p class="muted">none yet: run <code>python -m mame_transfer.analyze gradcam|cka|maxact|featvis'
+        return ('<p class="muted">none yet: run <code>mame-analyze gradcam|cka|maxact|featvis'
                 '</code> on this run</p>')
     items, pictures = [], []
     for p in files:

@@ -117,7 +117,7 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     store = load_store(store_path)
     if IMAGENET_PROBS not in store.feature_sets:
         raise DataError(f"{store.path / MANIFEST}: no 'imagenet_probs' feature set; re-export with "
-                        f"python -m mame_transfer.features ... --imagenet-probs")
+                        f"mame-features ... --imagenet-probs")
     names = imagenet_class_names()
     probs = np.asarray(store.embeddings(split, IMAGENET_PROBS))
     labels_table = top_imagenet_labels(probs, store.metadata(split)["label"].astype(str), store.classes, names, top)

@@ -8,6 +8,12 @@ Every ``python -m mame_transfer.<command>`` (and ``mame-<command>``) exits with
 * 130 on Ctrl-C, with the command's hint on how to continue (e.g. "rerun the same command to resume").
 
 Anything else is a bug and keeps its traceback.
+
+It is also the one place every command builds its parser (:func:`parser`), so the conventions of all commands live
+here and a flag added anywhere inherits them: the program is named as the user started it (``mame-finetune`` or
+``python -m mame_transfer.finetune``); the help prints each default once and the choices; ``--verbose {0,1,2}``
+(:func:`add_verbose`) and ``--jobs N`` (:func:`add_jobs`) mean the same everywhere; list flags take commas or
+spaces (:class:`ListAction`); a renamed flag keeps its former spelling, hidden (:func:`hidden_alias`).
 """
 
 from __future__ import annotations
