@@ -92,7 +92,7 @@ def training_curves_figure(history, *, warmup_epochs: int = 0, best_epoch: int |
             if metric == "accuracy" and "val_accuracy" in df and len(at):
                 ax.plot([best_epoch], [df["val_accuracy"].to_numpy()[at[0]]], "*", color="#228833", ms=12)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        label_axes(ax, "epoch", label, legend=True)
+        label_axes(ax, "epoch", label, legend=bool(ax.get_legend_handles_labels()[0]))
     fig.tight_layout()
     return fig
 

@@ -79,6 +79,25 @@ def test_list_action_takes_commas_and_spaces(tmp_path):
         p.parse_args(["--channels", "1,x"])
 
 
+# renamed flags: (command, argv with the former spellings, expected values) -- docs/options.md lists them
+RENAMED = [
+    ("finetune", ["--cache", "--cache-dtype", "float16"], {"image_cache": True, "prefix_cache_dtype": "float16"}),
+    ("features", ["--model", "R", "--out", "S"], {"model": "R", "run": None}),
+    ("analyze", ["featvis", "--a", "A", "--jitter", "3"], {"jitter_px": 3}),
+    ("prepare", ["--data", "D", "--out", "O", "--no-draft", "--workers", "3", "--quiet"],
+     {"draft": False, "jobs": 3, "verbose": 0}),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", RENAMED, ids=[r[0] for r in RENAMED])
+def test_former_flag_spellings_still_work(name, argv, expected):
+    args = _command(name).build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+    table = (PACKAGE.parent / "docs" / "options.md").read_text().split("## Renamed flags")[1]
+    for flag in (a for a in argv if a.startswith("--") and a not in ("--out", "--data", "--a")):
+        assert f"`{flag}" in table, f"{flag} is not in the renamed-flags table of docs/options.md"
+
+
 def test_list_archs_shows_the_product_backbones_only(capsys):
     assert _command("finetune").main(["--list-archs"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -26,4 +26,6 @@ def test_training_curves_whole_epochs_and_best_epoch(tmp_path):
     assert len(star) == 1 and list(star[0].get_ydata()) == [0.7]
     png_size(plots.save(fig, tmp_path / "curves.png"))
     no_val = plots.training_curves_figure({"loss": [1.0, 0.5]})  # no validation: nothing to mark
-    assert not any("best" in t.get_text() for ax in no_val.axes for t in ax.get_legend().get_texts())
+    legends = [ax.get_legend() for ax in no_val.axes]
+    assert legends[1] is None  # no accuracy at all: no empty legend either
+    assert [t.get_text() for t in legends[0].get_texts()] == ["train"]
