@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (set up, then fine-tune on the built-in demo set) and `make test`.
+# Two entry points: `make demo` (install the package, then fine-tune on the built-in demo set) and `make test`
+# (install it with the test tools, then run the suite). Both use the virtual environment $(VENV).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,21 +10,31 @@ export KERAS_HOME := $(abspath ../shared/keras_home)
 endif
 endif
 
-.PHONY: setup demo test clean
+.PHONY: setup setup-test demo test clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+
+# The package alone (what a user installs): no test tools, no browser driver.
+$(VENV)/.installed: setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
 	touch $@
+
+# The package with the test tools and the optional TensorBoard (its tests run too).
+$(VENV)/.installed-test: setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[test,tensorboard]"
+	touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed
 
+setup-test: $(VENV)/.installed-test
+
 demo: setup
-	$(PY) -m mame_transfer.finetune --demo --arch mobilenet --alpha 0.25 --weights $${WEIGHTS:-imagenet} \
+	$(VENV)/bin/mame-finetune --demo --arch mobilenet --alpha 0.25 --weights $${WEIGHTS:-imagenet} \
 		--image-size 128 --freeze-until block5 --head 128 --lr 1e-3 --epochs 8 --batch-size 32 --out saved_models/demo --overwrite
 
-test: setup
+test: setup-test
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
 
 clean:

@@ -10,9 +10,10 @@ Every classifier is a ``Pipeline(StandardScaler, estimator)`` whose hyperparamet
   train and applied to val/test;
 * ``metadata``: the metadata columns alone.
 
-Outputs in ``--out``: ``results.csv`` / ``results.md`` (val and test top-1, top-5, macro F1, fit and predict
-seconds, CV score, chosen parameters), ``accuracy.png``, ``confusion_matrix_<split>.png`` of the best pipeline by
-val top-1, ``best_model.skops`` (load with :func:`load_pipeline`) and ``best_model.json``.
+Outputs in ``--out``: ``results.csv`` / ``results.md`` (val and test top-1, top-5 with more than 5 classes, macro
+F1, fit and predict seconds, CV score, chosen parameters), ``accuracy.png`` and ``accuracy_heatmap.png`` (feature
+set x classifier), ``confusion_matrix_<split>.png`` of the best pipeline by val top-1, ``best_model.skops`` (load
+with :func:`load_pipeline`) and ``best_model.json``.
 
 Examples::
 
@@ -34,29 +35,32 @@ from mame_transfer.core.errors import ConfigError
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("classify", __doc__.splitlines()[0])
-    p.add_argument("store", nargs="?", help="feature store folder")
-    p.add_argument("--with", dest="with_", default="metadata,umap",
-                   help="extra columns: '' (embeddings only), 'metadata', or 'metadata,umap'")
-    p.add_argument("--feature-sets", help=f"explicit comma-separated list among {', '.join(FEATURE_SETS)}")
+    p.add_argument("store", nargs="?", help="feature store folder (python -m mame_transfer.features)")
+    p.add_argument("--with", dest="with_", default="metadata,umap", metavar="EXTRAS",
+                   help="extra columns beside the embeddings, comma-separated: '' (embeddings only), 'metadata', "
+                        "or 'metadata,umap'")
+    p.add_argument("--feature-sets", help=f"explicit comma-separated list instead of --with, among: "
+                                          f"{', '.join(FEATURE_SETS)}")
     p.add_argument("--feature-set-name", default="embeddings", help="store array to use (e.g. imagenet_probs)")
-    p.add_argument("--classifiers", default=",".join(CLASSIFIERS), help="comma-separated subset")
-    p.add_argument("--umap-components", type=cli.positive_int, default=8)
+    p.add_argument("--classifiers", help=f"comma-separated, among: {', '.join(CLASSIFIERS)} (default: all)")
+    p.add_argument("--umap-components", type=cli.positive_int, default=8, help="UMAP columns added by --with ...,umap")
     p.add_argument("--fast", action="store_true", help="tiny grids (tests, quick looks)")
     p.add_argument("--metadata-only", action="store_true", help="no store: metadata features of --data")
     p.add_argument("--data", help="dataset for --metadata-only (MAMe CSV folder or class-per-folder set)")
-    p.add_argument("--toy", action="store_true")
+    p.add_argument("--toy", action="store_true", help="MAMe layout: read the toy CSV")
     p.add_argument("--no-check", action="store_true", help="do not require the image files (metadata only)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=1, help="parallel CV fits")
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the CV folds, UMAP and the random forests")
+    p.add_argument("--out", required=True, help="output folder (results.csv, figures, best_model.skops)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison at --out")
+    cli.add_jobs(p, help="parallel cross-validation fits (default: 1)")
+    cli.add_verbose(p)
     return p
 
 
 def _classify(a) -> None:
     from mame_transfer.classifiers.comparison import claim_outputs
 
-    classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier")
+    classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier") if a.classifiers else list(CLASSIFIERS)
     with claim_outputs(a.out, overwrite=a.overwrite):  # checked and locked before minutes of fitting
         _compare(a, classifiers)
 
@@ -86,10 +90,10 @@ def _compare(a, classifiers) -> None:
         sets = cli.choices_list(a.feature_sets, FEATURE_SETS, "feature set") if a.feature_sets \
             else feature_sets_for(a.with_)
     result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
-                     umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
+                     umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs or 1, verbose=a.verbose)
     write_outputs(result, a.out, description=source.description, overwrite=a.overwrite)
-    print(markdown_table(result.table[["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1",
-                                       "test_top1", "fit_s"]]))
+    shown = ["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1", "test_top1", "fit_s"]
+    print(markdown_table(result.table[[c for c in shown if c in result.table]]))
     print(f"best by val top-1: {result.best_row['classifier']} on {result.best_row['feature_set']} -> {a.out}")
 
 

@@ -28,14 +28,17 @@ from mame_transfer.inference.tta import MODES as TTA_MODES
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("ensemble", __doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished run directories (saved_models/<run>), same classes")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="finished run directories (saved_models/<run>), "
+                                                               "same classes")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to score")
     parser.add_argument("--weighted", action="store_true", help="weight each member by its val top-1")
     parser.add_argument("--data", help="score every member on this dataset (same class names)")
     parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation")
-    parser.add_argument("--batch-size", type=cli.positive_int)
+    parser.add_argument("--batch-size", type=cli.positive_int, help="images per batch (default: each run's)")
     parser.add_argument("--out", help="output folder (default <parent of the first run>/ensemble-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble at --out")
+    cli.add_jobs(parser)
+    cli.add_verbose(parser)
     return parser
 
 
@@ -44,7 +47,7 @@ def _ensemble(args) -> None:
 
     out = args.out or Path(args.runs[0]).resolve().parent / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
     frame, _ = ensemble_runs(args.runs, split=args.split, weighted=args.weighted, data_path=args.data, out=out,
-                             batch_size=args.batch_size, tta=args.tta, overwrite=args.overwrite)
+                             batch_size=args.batch_size, tta=args.tta, overwrite=args.overwrite, verbose=args.verbose)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"written to {out}")
 

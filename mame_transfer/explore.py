@@ -39,14 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("explore", __doc__.split("\n")[0])
     parser.add_argument("store", help="feature store folder (python -m mame_transfer.features)")
     parser.add_argument("--out", help="site folder (default: explorer/<store name>)")
-    parser.add_argument("--k", type=cli.positive_int, default=20, help="neighbours per image (default 20)")
+    parser.add_argument("--k", type=cli.positive_int, default=20, help="neighbours per image")
     parser.add_argument("--compare", metavar="OTHER_STORE", help="second store: its neighbours shown beside")
     parser.add_argument("--no-thumbs", action="store_true", help="skip thumbnails (placeholders)")
-    parser.add_argument("--thumb-size", type=cli.positive_int, default=THUMB_SIZE)
-    parser.add_argument("--pca-dim", type=cli.positive_int, default=PCA_DIM, help="dims of the in-page distribution (64)")
+    parser.add_argument("--thumb-size", type=cli.positive_int, default=THUMB_SIZE, help="thumbnail side in pixels")
+    parser.add_argument("--pca-dim", type=cli.positive_int, default=PCA_DIM, help="dims of the in-page similarity distribution")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier explorer site at --out")
     parser.add_argument("--serve", action="store_true", help="serve the site on http://127.0.0.1:PORT/")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="port of --serve")
+    cli.add_jobs(parser, help="CPU threads of the neighbour search (default: all)")
+    cli.add_verbose(parser)
     return parser
 
 
@@ -59,7 +61,7 @@ def _explore(args) -> None:
         warnings.simplefilter("always", ExplorerWarning)
         site = build_site(args.store, out, k=args.k, compare=args.compare, thumbnails=not args.no_thumbs,
                           thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve, overwrite=args.overwrite,
-                          log=lambda m: print(m, file=sys.stderr))
+                          log=(lambda m: print(m, file=sys.stderr)) if args.verbose else None)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if site.quality is not None:

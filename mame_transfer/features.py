@@ -11,7 +11,7 @@ Layout of a store (read by ``classify``, ``analysis`` and ``explore``)::
 Examples::
 
     python -m mame_transfer.features --arch mobilenet --alpha 0.75 --weights imagenet --data DATA --out STORE
-    python -m mame_transfer.features --model saved_models/<run> --layer head_dense_1 --data DATA --out STORE
+    python -m mame_transfer.features saved_models/<run> --layer head_dense_1 --data DATA --out STORE
     python -m mame_transfer.features projector STORE --split val --out DIR
 
 Export streams batch by batch into preallocated ``.npy`` memory maps inside ``<out>.partial/``; a progress file
@@ -27,6 +27,7 @@ from typing import Sequence
 
 from mame_transfer.core import cli
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.store.projector import SPRITE_MAX, SPRITE_THUMB
 from mame_transfer.store.store import EMBEDDINGS
 
 RESUME_HINT = "rerun the same command to resume the export"
@@ -34,13 +35,16 @@ RESUME_HINT = "rerun the same command to resume the export"
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("features", "Export embeddings + metadata of a dataset to a feature store "
-                               "(or: 'projector STORE --split val --out DIR').")
+                               "(or: 'projector STORE --split val --out DIR').",
+                   usage="%(prog)s [RUN | --arch ARCH] (--data DIR | --demo) --out STORE [options]")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="finished run directory (saved_models/<run>) whose features to export; or --arch")
     src = p.add_argument_group("model")
-    src.add_argument("--arch", help="registry backbone (e.g. mobilenet, vgg16)")
+    src.add_argument("--arch", help="registry backbone instead of a run (e.g. mobilenet, vgg16)")
     src.add_argument("--alpha", type=cli.finite_float, default=1.0, help="MobileNet width multiplier")
     src.add_argument("--weights", default="imagenet", help="imagenet | none | weights file")
     src.add_argument("--image-size", type=cli.positive_int, help="square input side (default: the backbone's)")
-    src.add_argument("--model", help="finished run directory (saved_models/<run>) instead of --arch")
+    cli.hidden_alias(src, "--model", dest="model", alias_of="run")  # the run, before it became the positional RUN
     src.add_argument("--layer", help="layer to export (default: last spatial layer / the run's embedding layer)")
     src.add_argument("--imagenet-probs", action="store_true", help="also store the 1000 ImageNet probabilities")
     src.add_argument("--jitter", action="store_true",
@@ -50,23 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--demo", action="store_true", help="the built-in demo set")
     d.add_argument("--toy", action="store_true", help="MAMe layout: the toy CSV")
     d.add_argument("--images", help="MAMe layout: image folder")
-    d.add_argument("--splits", help="comma-separated subsets (default: all present)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    d.add_argument("--splits", action=cli.ListAction, metavar="SPLIT", help="subsets to export (default: all present)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
     p.add_argument("--out", required=True, help="store folder")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    cli.add_jobs(p)
+    cli.add_verbose(p)
     return p
 
 
 def build_projector_parser() -> argparse.ArgumentParser:
-    p = cli.parser("features projector", "TensorBoard Embedding Projector TSV files of one split")
-    p.add_argument("store")
-    p.add_argument("--split", default="val")
-    p.add_argument("--feature-set", default=EMBEDDINGS)
+    p = cli.parser("features projector", "TensorBoard Embedding Projector files of one split: vectors, metadata "
+                                         "and a sprite of thumbnails")
+    p.add_argument("store", help="feature store folder")
+    p.add_argument("--split", default="val", help="split to export")
+    p.add_argument("--feature-set", default=EMBEDDINGS, help="store array to export (e.g. imagenet_probs)")
     p.add_argument("--limit", type=cli.positive_int, help="first N rows only")
-    p.add_argument("--out", required=True)
+    p.add_argument("--thumb-size", type=cli.positive_int, default=SPRITE_THUMB,
+                   help="side of each sprite thumbnail in pixels (smaller when the sprite would exceed "
+                        f"{SPRITE_MAX} px)")
+    p.add_argument("--no-sprite", action="store_true", help="no sprite image (no thumbnails in the Projector)")
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace earlier projector files at --out")
+    cli.add_verbose(p)
     return p
 
 
@@ -77,11 +88,15 @@ def _export(a) -> None:
 
     if not a.data and not a.demo:
         raise ConfigError("no dataset given: pass --data PATH or --demo")
-    splits = [s.strip() for s in a.splits.split(",")] if a.splits else None
+    model = getattr(a, "model", None)
+    if a.run and model and a.run != model:
+        raise ConfigError(f"two runs given: {a.run} and --model {model}; pass one")
+    run = a.run or model
+    splits = a.splits or None
     dataset = load_dataset(demo.ensure_demo() if a.demo else a.data, toy=a.toy, images=a.images,
                            require=tuple(splits or ()))
     store = export(a.out, dataset, arch=a.arch, alpha=a.alpha, weights=a.weights, image_size=a.image_size,
-                   run=a.model, layer=a.layer, splits=splits, batch_size=a.batch_size,
+                   run=run, layer=a.layer, splits=splits, batch_size=a.batch_size,
                    imagenet_probs=a.imagenet_probs, overwrite=a.overwrite, verbose=a.verbose, jitter=a.jitter,
                    seed=a.seed)
     dims = ", ".join(f"{s} {v['n']}x{v['dim']}" for s, v in store.manifest["splits"].items())
@@ -92,6 +107,7 @@ def _projector(a) -> None:
     from mame_transfer.store.projector import export_projector
 
     print(export_projector(a.store, a.split, a.out, feature_set=a.feature_set, limit=a.limit,
+                           sprite=not a.no_sprite, thumb_size=a.thumb_size, verbose=a.verbose,
                            overwrite=a.overwrite))
 
 

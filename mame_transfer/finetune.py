@@ -26,10 +26,11 @@ from mame_transfer.core.config import TrainConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("finetune", "Fine-tune a backbone with a dense head on MAMe or any class-per-folder image set.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        usage="%(prog)s (--data DIR | --demo | --config FILE.yaml) [options]")
     parser.add_argument("--config", help="YAML file of options (flags given here override it)")
-    parser.add_argument("--list-archs", action="store_true", help="print the registered backbones and exit")
+    parser.add_argument("--list-archs", action="store_true", help="print the backbones and their blocks, and exit")
     cfg.add_arguments(parser, TrainConfig)
+    cli.add_jobs(parser)
     return parser
 
 
@@ -37,9 +38,11 @@ def _finetune(args) -> None:
     if args.list_archs:
         from mame_transfer.models import backbones
 
-        for name, spec in backbones.REGISTRY.items():
-            print(f"{name:<16} {spec.default_size:>4}px  blocks {spec.block_names[0]}..{spec.block_names[-1]:<8} "
-                  f"default freeze {spec.default_freeze:<7} {spec.description}")
+        for name in backbones.PRODUCT_ARCHS:  # the registry also holds test_tiny, for the tests only
+            spec = backbones.REGISTRY[name]
+            blocks = f"{spec.block_names[0]}..{spec.block_names[-1]}"
+            print(f"{name:<16} {spec.default_size:>4}px  blocks {blocks:<15} default freeze {spec.default_freeze:<7} "
+                  f"{spec.description}")
         return
     from mame_transfer.training.trainer import train
 

@@ -20,7 +20,7 @@ unchanged (same rows, original ``Width``/``Height``), the images go to ``<out>/d
 bar; each output is written to a temporary file and renamed, so an interrupted run is resumed by running the
 same command again (finished images are skipped). JPEGs are decoded with DCT-domain downscaling
 (``PIL.Image.draft``: libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the target size) before the final
-antialiased resize; ``--no-draft`` decodes at full resolution.
+antialiased resize; ``--full-decode`` decodes at full resolution.
 """
 
 from __future__ import annotations
@@ -34,18 +34,22 @@ from mame_transfer.core import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.parser("prepare", __doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser("prepare", __doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="source MAMe folder (CSV + data/ or data_256/)")
     parser.add_argument("--out", required=True, help="output folder (a MAMe layout)")
     parser.add_argument("--size", type=cli.positive_int, default=256, help="output side (square) or shorter side (--keep-aspect)")
     parser.add_argument("--keep-aspect", action="store_true", help="keep the aspect ratio: shorter side = --size")
     parser.add_argument("--images", default=None, help="source image folder, when not <data>/data or data_256")
-    parser.add_argument("--workers", type=cli.positive_int, default=None, help="processes (default: all CPU cores)")
-    parser.add_argument("--no-draft", dest="draft", action="store_false",
-                        help="decode JPEGs at full resolution (no DCT-domain downscaling)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--full-decode", dest="draft", action="store_false",
+                        help="decode every JPEG at full resolution before resizing (slower; by default libjpeg "
+                             "decodes at 1/2, 1/4 or 1/8 scale, never below --size)")
+    cli.hidden_alias(parser, "--no-draft", dest="draft", action="store_false")  # former name of --full-decode
+    cli.add_jobs(parser, help="worker processes (default: all CPU cores)")
+    cli.hidden_alias(parser, "--workers", dest="jobs", type=cli.positive_int)  # former name of --jobs
     parser.add_argument("--overwrite", action="store_true",
-                        help="redo an --out folder prepared with other settings (--size, --keep-aspect, --no-draft)")
+                        help="redo an --out folder prepared with other settings (--size, --keep-aspect, --full-decode)")
+    cli.add_verbose(parser)
+    cli.hidden_alias(parser, "--quiet", dest="verbose", action="store_const", const=0)  # former: no progress bar
     return parser
 
 
@@ -53,7 +57,7 @@ def _prepare(args) -> None:
     from mame_transfer.datasets.prepare import prepare
 
     result = prepare(args.data, args.out, args.size, keep_aspect=args.keep_aspect, draft=args.draft,
-                     workers=args.workers, images=args.images, progress=not args.quiet,
+                     workers=args.jobs, images=args.images, progress=bool(args.verbose),
                      overwrite=args.overwrite)
     rate = result["written"] / result["seconds"] if result["seconds"] > 0 else 0.0
     print(json.dumps({"out": str(args.out), "written": result["written"], "skipped": result["skipped"],

@@ -21,6 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from mame_transfer.classifiers.estimators import CLASSIFIERS
 from mame_transfer.core import cli
 
 
@@ -29,10 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="feature store exported with --imagenet-probs")
     p.add_argument("--split", default="val", help="split for the label table")
     p.add_argument("--top", type=cli.positive_int, default=3, help="ImageNet labels per class")
-    p.add_argument("--classifier", default="logreg", help="classifier of the similarity score (see classify)")
+    p.add_argument("--classifier", default="logreg", choices=CLASSIFIERS,
+                   help="classifier of the similarity score (as in classify)")
     p.add_argument("--full-grid", action="store_true", help="full hyperparameter grid (default: the fast one)")
     p.add_argument("--out", help="folder for imagenet_labels.csv, similarity.csv, task_similarity.md")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results at --out")
+    cli.add_jobs(p, help="parallel cross-validation fits (default: 1)")
+    cli.add_verbose(p)
     return p
 
 
@@ -40,8 +44,8 @@ def _task_similarity(args) -> None:
     from mame_transfer.classifiers.similarity import analyse, arrow_lines
 
     labels_table, scores = analyse(args.store, args.out, split=args.split, top=args.top,
-                                   classifier=args.classifier, fast=not args.full_grid,
-                                   overwrite=args.overwrite)
+                                   classifier=args.classifier, fast=not args.full_grid, n_jobs=args.jobs or 1,
+                                   verbose=args.verbose, overwrite=args.overwrite)
     print("\n".join(arrow_lines(labels_table)))
     print(scores.to_string(index=False))
 

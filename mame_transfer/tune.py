@@ -36,13 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="tuning folder (default tuning/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in the tuning folder")
     p.add_argument("--overwrite", action="store_true", help="delete the tuning folder and start over")
-    p.add_argument("--algorithm", choices=ALGORITHMS)
-    p.add_argument("--objective", choices=OBJECTIVES)
-    p.add_argument("--max-trials", type=cli.positive_int)
+    p.add_argument("--algorithm", choices=ALGORITHMS, help="search algorithm (default: the YAML's tuner.algorithm)")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="score to maximise on val (default: the YAML's tuner.objective)")
+    p.add_argument("--max-trials", type=cli.positive_int, help="trials of random / bayesian search (default: the YAML's)")
     p.add_argument("--epochs", type=cli.positive_int, help="epochs per trial (base.epochs)")
-    p.add_argument("--image-size", type=cli.positive_int)
+    p.add_argument("--image-size", type=cli.positive_int, help="input side in pixels of every trial (base.image_size)")
     p.add_argument("--seed", type=int, help="seed of the tuner and of every trial")
-    p.add_argument("--verbose", type=int, default=1, help="Keras verbosity inside trials")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard logs of every trial in <out>/tensorboard (scalars and the HParams view); "
+                        "needs pip install 'mame_transfer[tensorboard]'")
+    cli.add_jobs(p)
+    cli.add_verbose(p)
     return p
 
 
@@ -54,10 +59,11 @@ def _tune(args) -> None:
                "seed": args.seed},
         base={"seed": args.seed, "epochs": args.epochs, "image_size": args.image_size})
     summary = run_search(spec, folder, overwrite=args.overwrite, verbose=args.verbose, resume=args.resume,
+                         tensorboard=args.tensorboard,
                          **overrides)
     if summary:  # None on a distributed worker: the chief writes the results
         print(f"best trial {summary['best_trial']}: {summary['objective']} {summary['best_score']:.4f} "
-              f"({summary['trials']} trials, {summary['route']}); retrain with: python -m mame_transfer.finetune "
+              f"({summary['trials']} trials, {summary['route']}); retrain with: mame-finetune "
               f"--config {folder / 'best.yaml'}")
 
 

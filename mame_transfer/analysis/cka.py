@@ -117,16 +117,23 @@ class MinibatchCKA:
 
 
 def compare_models(source_a, source_b, layers_a: Sequence[str], layers_b: Sequence[str],
-                   batches: Iterable[np.ndarray], *, pairs: str = "matching") -> MinibatchCKA:
-    """Stream image batches (0..255) through both models and accumulate minibatch CKA."""
+                   batches: Iterable[np.ndarray], *, pairs: str = "matching", total: int | None = None,
+                   verbose: int = 0) -> MinibatchCKA:
+    """Stream image batches (0..255) through both models and accumulate minibatch CKA.
+
+    ``verbose`` shows a progress bar counting images (out of ``total``, for the ETA).
+    """
     from mame_transfer.analysis.sources import pooled_features
+    from mame_transfer.core.progress import bar
 
     acc = MinibatchCKA(len(layers_a), len(layers_b), pairs)
     cache_a, cache_b = {}, {}
-    for images in batches:
-        fa = pooled_features(source_a, layers_a, images, _cache=cache_a)
-        fb = pooled_features(source_b, layers_b, images, _cache=cache_b)
-        acc.update(fa, fb)
+    with bar(total, "CKA", unit="img", verbose=verbose) as progress:
+        for images in batches:
+            fa = pooled_features(source_a, layers_a, images, _cache=cache_a)
+            fb = pooled_features(source_b, layers_b, images, _cache=cache_b)
+            acc.update(fa, fb)
+            progress.update(len(images))
     return acc
 
 
@@ -227,7 +234,8 @@ def kernel_distance_figure(rows: Sequence[dict], *, relative: bool = False,
 
 def run_cka(*, a, b, data: str | None = None, toy: bool = False, split: str = "train", per_class: int | None = 0,
             batch_size: int = 32, seed: int = 0, image_size: int | None = None, layers: Sequence[str] | None = None,
-            layer_pattern: str | None = None, matrix: bool = False, out: str | Path | None = None) -> AnalysisResult:
+            layer_pattern: str | None = None, matrix: bool = False, out: str | Path | None = None,
+            verbose: int = 0) -> AnalysisResult:
     """Linear CKA per layer and conv kernel distances between two models, written as figures, CSV and JSON.
 
     Files in ``out`` (default ``<run>/analysis/cka`` of ``b``, else of ``a``): ``cka.json`` (every number),
@@ -244,6 +252,7 @@ def run_cka(*, a, b, data: str | None = None, toy: bool = False, split: str = "t
         layers, layer_pattern: layers compared (default: every non-linearity output both models have).
         matrix: compare every layer of ``a`` with every layer of ``b``, not only layers of the same name.
         out: the output folder.
+        verbose: 1 shows a progress bar over the images.
     """
     import pandas as pd
 
@@ -268,7 +277,7 @@ def run_cka(*, a, b, data: str | None = None, toy: bool = False, split: str = "t
     else:
         la = lb = common_layers(a, b, layers, pattern=layer_pattern)
     acc = compare_models(a, b, la, lb, image_batches(table, a.image_size, batch_size=batch_size),
-                         pairs="all" if matrix else "matching")
+                         pairs="all" if matrix else "matching", total=len(table), verbose=verbose)
     summary = {"a": a.label, "b": b.label, "split": split, "images": int(len(table)), "batch_size": batch_size,
                "batches": acc.batches_,
                "estimator": "minibatch unbiased HSIC (Nguyen et al. 2021) on per-channel spatial means"}

@@ -53,18 +53,24 @@ class RunningTopK:
 
 
 def collect_topk(source, layers: Sequence[str], batches: Iterable[np.ndarray], k: int,
-                 reduce: str = "mean") -> dict[str, RunningTopK]:
-    """Stream batches (0..255 images) through ``source`` and keep the top-k rows per channel of each layer."""
+                 reduce: str = "mean", *, total: int | None = None, verbose: int = 0) -> dict[str, RunningTopK]:
+    """Stream batches (0..255 images) through ``source`` and keep the top-k rows per channel of each layer.
+
+    ``verbose`` shows a progress bar counting images (out of ``total``, for the ETA).
+    """
     from mame_transfer.analysis.sources import pooled_features
+    from mame_transfer.core.progress import bar
 
     tops: dict[str, RunningTopK] = {}
     cache: dict = {}
-    for images in batches:
-        feats = pooled_features(source, layers, images, reduce=reduce, _cache=cache)
-        for name, f in zip(layers, feats):
-            if name not in tops:
-                tops[name] = RunningTopK(k, f.shape[1])
-            tops[name].update(f)
+    with bar(total, f"top-{k} of {source.label}", unit="img", verbose=verbose) as progress:
+        for images in batches:
+            feats = pooled_features(source, layers, images, reduce=reduce, _cache=cache)
+            for name, f in zip(layers, feats):
+                if name not in tops:
+                    tops[name] = RunningTopK(k, f.shape[1])
+                tops[name].update(f)
+            progress.update(len(images))
     return tops
 
 
@@ -150,7 +156,7 @@ def run_maxact(*, a, b=None, data: str | None = None, toy: bool = False, split: 
                per_class: int | None = 0, batch_size: int = 32, seed: int = 0, image_size: int | None = None,
                layers: Sequence[str] | None = None, layer_pattern: str | None = None, top: int = 100,
                reduce: str = "mean", channels: Sequence[int] | None = None, grid_channels: int = 4, show: int = 8,
-               out: str | Path | None = None) -> AnalysisResult:
+               out: str | Path | None = None, verbose: int = 0) -> AnalysisResult:
     """Top-``top`` images per channel of every layer: class entropy, overlap between ``a`` and ``b``, grids.
 
     Files in ``out`` (default ``<run>/analysis/maxact`` of ``b``, else of ``a``): ``maxact.json`` and
@@ -166,6 +172,7 @@ def run_maxact(*, a, b=None, data: str | None = None, toy: bool = False, split: 
         channels: channels shown in the grids (default: the first ``grid_channels``).
         show: images per channel in the grids.
         out: the output folder.
+        verbose: 1 shows a progress bar over the images of each model.
     """
     import pandas as pd
 
@@ -189,7 +196,7 @@ def run_maxact(*, a, b=None, data: str | None = None, toy: bool = False, split: 
     tops = {}
     for src in (a, b) if b is not None else (a,):
         tops[src.label] = collect_topk(src, layers, image_batches(table, a.image_size, batch_size=batch_size), top,
-                                       reduce=reduce)
+                                       reduce=reduce, total=len(table), verbose=verbose)
     labels = table["label_index"].to_numpy()
     summary = {"a": a.label, "b": b.label if b else None, "split": split, "images": int(len(table)), "top": top,
                "reduce": reduce, "layers": {}}

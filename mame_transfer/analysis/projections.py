@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,13 +64,14 @@ def make_estimator(method: str, dims: int, *, seed: int = 0, n: int | None = Non
 
 def project(embeddings: dict, meta: dict, *, method: str, dims: int, fit_split: str,
             apply_splits: Sequence[str] = (), per_class: int | None = 100, seed: int = 0,
-            standardize: bool = False) -> Projection:
+            standardize: bool = False, on_step: Callable[[str], None] | None = None) -> Projection:
     """Fit a projection on a stratified sample of ``fit_split`` and optionally apply it to other splits.
 
     Args:
         embeddings: ``{split: [n, d] array}``; meta: ``{split: DataFrame with a label column}``.
         per_class: rows kept per class in every split (None: all).
         standardize: z-score features (fitted on the fit split) before projecting.
+        on_step: called with a short description after the fit and after each applied split (progress).
 
     Raises:
         ConfigError: t-SNE asked to transform another split (it has no out-of-sample mapping).
@@ -93,11 +94,14 @@ def project(embeddings: dict, meta: dict, *, method: str, dims: int, fit_split: 
     mean, std = (x_fit.mean(0), x_fit.std(0) + 1e-8) if standardize else (0.0, 1.0)
     est = make_estimator(method, dims, seed=seed, n=len(x_fit))
     out = Projection(method, dims, fit_split)
+    step = on_step or (lambda what: None)
     out.coords[fit_split] = np.asarray(est.fit_transform((x_fit - mean) / std))
     out.meta[fit_split] = picked[fit_split][1]
+    step(f"fitted on {fit_split}")
     for s in apply_splits:
         out.coords[s] = np.asarray(est.transform((picked[s][0] - mean) / std))
         out.meta[s] = picked[s][1]
+        step(f"applied to {s}")
     if method == "pca":
         out.explained_variance_ratio = [float(v) for v in est.explained_variance_ratio_]
     return out
@@ -261,11 +265,12 @@ def scatter3d_html(coords: np.ndarray, labels: Sequence[str], names: Sequence[st
 
 def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_class: int | None = 100,
                 split: str | None = None, apply_splits: Sequence[str] = (), standardize: bool = False,
-                seed: int = 0, out: str | Path | None = None) -> AnalysisResult:
-    """Project a feature store and write the picture (2-D PNG or 3-D HTML) and a JSON summary.
+                seed: int = 0, out: str | Path | None = None, verbose: int = 0) -> AnalysisResult:
+    """Project a feature store and write the picture (2-D PNG or 3-D HTML), the coordinates and a JSON summary.
 
     Files in ``out`` (default ``<store>/projections``), named ``<method>_<dims>d_<split>[+<applied>...]``:
-    ``.png`` or ``.html``, ``.json`` and, for PCA, ``_variance.png``.
+    ``.png`` or ``.html``, ``.csv`` (one row per point: split, image, label, x, y[, z]), ``.json`` and, for
+    PCA, ``_variance.png``.
 
     Args:
         store: a feature store folder (``python -m mame_transfer.features``).
@@ -273,9 +278,11 @@ def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_c
         apply_splits: splits transformed with the fitted projection (not t-SNE).
         method, dims, per_class, standardize, seed: as for :func:`project`.
         out: the output folder.
+        verbose: 1 shows a progress bar over the steps (fit, each applied split, writing).
     """
     from mame_transfer.core import plots
     from mame_transfer.core.fileio import write_json, write_text
+    from mame_transfer.core.progress import bar
     from mame_transfer.store.store import load_store
 
     feats = load_store(store)
@@ -283,23 +290,34 @@ def run_project(store: str | Path, *, method: str = "umap", dims: int = 2, per_c
     apply = [s for s in (apply_splits or []) if s != split]
     emb = {s: feats.embeddings(s) for s in [split, *apply]}
     meta = {s: feats.metadata(s) for s in [split, *apply]}
-    res = project(emb, meta, method=method, dims=dims, fit_split=split, apply_splits=apply, per_class=per_class,
-                  seed=seed, standardize=standardize)
-    out = claim_output(out or Path(store) / PROJECTIONS_DIR, "project")
-    stem = f"{method}_{dims}d_{split}" + "".join(f"+{s}" for s in apply)
-    coords = np.concatenate([res.coords[s] for s in res.coords])
-    labels = np.concatenate([res.meta[s]["label"].to_numpy() for s in res.meta])
-    names = np.concatenate([res.meta[s]["image"].astype(str).to_numpy() for s in res.meta])
-    split_of = np.concatenate([[s] * len(res.meta[s]) for s in res.meta]) if apply else None
-    title = (f"{method.upper()} of {Path(store).name} ({feats.manifest.get('layer', 'embeddings')}), "
-             f"fitted on {split}, {per_class or 'all'} per class")
-    result = AnalysisResult(out)
-    if dims == 2:
-        fig = scatter_figure(coords, labels, feats.classes, title=title, marker_of=split_of)
-        result.figures.append(plots.save(fig, out / f"{stem}.png"))
-    else:
-        page = scatter3d_html(coords, labels, names, feats.classes, title=title, split_of=split_of)
-        result.figures.append(write_text(out / f"{stem}.html", page))
+    with bar(2 + len(apply), f"{method.upper()} {dims}-D", unit="step", verbose=verbose) as progress:
+        def step(what: str) -> None:
+            progress.set_postfix_str(what)
+            progress.update()
+
+        progress.set_postfix_str(f"fitting on {split}")
+        res = project(emb, meta, method=method, dims=dims, fit_split=split, apply_splits=apply, per_class=per_class,
+                      seed=seed, standardize=standardize, on_step=step)
+        out = claim_output(out or Path(store) / PROJECTIONS_DIR, "project")
+        stem = f"{method}_{dims}d_{split}" + "".join(f"+{s}" for s in apply)
+        coords = np.concatenate([res.coords[s] for s in res.coords])
+        labels = np.concatenate([res.meta[s]["label"].to_numpy() for s in res.meta])
+        names = np.concatenate([res.meta[s]["image"].astype(str).to_numpy() for s in res.meta])
+        splits_col = np.concatenate([[s] * len(res.meta[s]) for s in res.meta])
+        split_of = splits_col if apply else None
+        title = (f"{method.upper()} of {Path(store).name} ({feats.manifest.get('layer', 'embeddings')}), "
+                 f"fitted on {split}, {per_class or 'all'} per class")
+        result = AnalysisResult(out)
+        if dims == 2:
+            fig = scatter_figure(coords, labels, feats.classes, title=title, marker_of=split_of)
+            result.figures.append(plots.save(fig, out / f"{stem}.png"))
+        else:
+            page = scatter3d_html(coords, labels, names, feats.classes, title=title, split_of=split_of)
+            result.figures.append(write_text(out / f"{stem}.html", page))
+        points = pd.DataFrame({"split": splits_col, "image": names, "label": labels,
+                               **{axis: coords[:, i] for i, axis in enumerate("xyz"[:dims])}})
+        result.data.append(write_text(out / f"{stem}.csv", points.to_csv(index=False, float_format="%.6g")))
+        step("written")
     summary = {"store": str(store), "method": method, "dims": dims, "fit_split": split, "apply_splits": apply,
                "per_class": per_class, "points": {s: int(len(res.meta[s])) for s in res.meta}}
     if res.explained_variance_ratio is not None:

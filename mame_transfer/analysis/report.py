@@ -77,6 +77,10 @@ def _file_img(path: Path, alt: str) -> str:
 def _metrics_table(metrics: dict) -> str:
     keys = [("n", "images"), ("top1", "top-1"), ("top3", "top-3"), ("top5", "top-5"), ("macro_f1", "macro F1"),
             ("weighted_f1", "weighted F1"), ("balanced_accuracy", "balanced acc.")]
+    # top-3 / top-5 only where reported (more classes than k); older runs hold them for every class count
+    keys = [(k, label) for k, label in keys if any(k in m for m in metrics.values())
+            and not (k in ("top3", "top5") and all(len(m.get("per_class", {})) <= int(k[3:])
+                                                   for m in metrics.values()))]
     head = "".join(f"<th>{label}</th>" for _, label in keys)
     rows = []
     for split, m in metrics.items():
@@ -162,7 +166,7 @@ def _analysis_section(run_dir: Path, out_dir: Path, embed_limit: int = 1_000_000
     root = run_dir / ANALYSIS_DIR
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
     if not files:
-        return ('<p class="muted">none yet: run <code>python -m mame_transfer.analyze gradcam|cka|maxact|featvis'
+        return ('<p class="muted">none yet: run <code>mame-analyze gradcam|cka|maxact|featvis'
                 '</code> on this run</p>')
     items, pictures = [], []
     for p in files:

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -172,15 +172,16 @@ def _has_proba(estimator) -> bool:
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict:
-    """top-1 (from predict), top-5 (from score ranks), macro F1."""
+    """top-1 (from predict), top-5 (from score ranks; only with more than 5 classes), macro F1."""
     from sklearn.metrics import f1_score
 
-    k = min(5, score.shape[1])
-    top = np.argsort(-score, axis=1)[:, :k]
     labels = np.arange(score.shape[1])
-    return {"top1": float((y_pred == y_true).mean()),
-            "top5": float((top == y_true[:, None]).any(axis=1).mean()),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+    out = {"top1": float((y_pred == y_true).mean())}
+    if score.shape[1] > 5:  # with 5 classes or fewer every image is in its top 5
+        top = np.argsort(-score, axis=1)[:, :5]
+        out["top5"] = float((top == y_true[:, None]).any(axis=1).mean())
+    out["macro_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    return out
 
 
 def cv_folds(y: np.ndarray, folds: int = 3, seed: int = 0):
@@ -219,7 +220,7 @@ def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, se
     predict_s = 0.0
     for split in ("val", "test"):
         if split not in inputs.X:
-            row.update({f"{split}_top1": np.nan, f"{split}_top5": np.nan, f"{split}_macro_f1": np.nan})
+            row.update({f"{split}_{k}": np.nan for k in ("top1", "top5", "macro_f1")})
             continue
         t0 = time.perf_counter()
         y_pred = best.predict(inputs.X[split])
@@ -234,7 +235,12 @@ def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, se
 
 @dataclass
 class Comparison:
-    """Result of :func:`compare`: the table and the best pipeline (by val top-1)."""
+    """Result of :func:`compare`: the table and the best pipeline (by val top-1).
+
+    Attributes:
+        predictions: ``{(feature_set, classifier): {split: predicted class indices}}`` of every pipeline, for
+            per-class scores and paired tests (:mod:`mame_transfer.classifiers.significance`).
+    """
 
     table: pd.DataFrame
     best: object
@@ -243,38 +249,51 @@ class Comparison:
     classes: list[str]
     y: dict
     feature_names: list[str]
+    predictions: dict = field(default_factory=dict)
 
 
 def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
             fast: bool = False, umap_components: int = 8, seed: int = 0, n_jobs: int = 1,
             verbose: int = 1, umap_factory: Callable | None = None) -> Comparison:
-    """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice)."""
+    """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice).
+
+    With ``verbose`` a progress bar counts the fits (with an ETA) and one line per fit gives its scores.
+    """
+    from mame_transfer.core.progress import bar
+
     for c in classifiers:
         if c not in CLASSIFIERS:
             raise ConfigError(f"unknown classifier {c!r}. Choose from: {', '.join(CLASSIFIERS)}")
     if "val" not in source.splits:
         raise DataError(f"{source.description}: the comparison ranks pipelines on a 'val' split, which is missing")
-    rows, best = [], None
+    rows, best, predictions = [], None, {}
     umap_cache: dict = {}
     n_classes = len(source.classes)
-    for fs in feature_sets:
-        inputs = build_inputs(source, fs, umap_components=umap_components, seed=seed, umap_cache=umap_cache,
-                              umap_factory=umap_factory)
-        for name in classifiers:
-            model, row, preds = fit_one(name, inputs, n_classes, fast=fast, seed=seed, n_jobs=n_jobs)
-            row = {"feature_set": fs, "dim": inputs.X["train"].shape[1], **row}
-            rows.append(row)
-            if verbose:
-                test = f" test {row['test_top1']:.4f}" if not np.isnan(row["test_top1"]) else ""
-                print(f"[classify] {fs:<26} {name:<14} val top-1 {row['val_top1']:.4f}{test}  "
-                      f"fit {row['fit_s']:.1f}s", file=sys.stderr, flush=True)
-            if best is None or row["val_top1"] > best[1]["val_top1"]:
-                best = (model, row, preds, inputs.names, inputs.y)
+    with bar(len(feature_sets) * len(classifiers), "classifier fits", unit="fit", verbose=verbose) as progress:
+        for fs in feature_sets:
+            progress.set_postfix_str(f"{fs}: building inputs")
+            inputs = build_inputs(source, fs, umap_components=umap_components, seed=seed, umap_cache=umap_cache,
+                                  umap_factory=umap_factory)
+            for name in classifiers:
+                progress.set_postfix_str(f"{fs} · {name}")
+                model, row, preds = fit_one(name, inputs, n_classes, fast=fast, seed=seed, n_jobs=n_jobs)
+                row = {"feature_set": fs, "dim": inputs.X["train"].shape[1], **row}
+                rows.append(row)
+                predictions[(fs, name)] = preds
+                progress.update()
+                if verbose:
+                    test = f" test {row['test_top1']:.4f}" if not np.isnan(row["test_top1"]) else ""
+                    progress.write(f"[classify] {fs:<26} {name:<14} val top-1 {row['val_top1']:.4f}{test}  "
+                                   f"fit {row['fit_s']:.1f}s", file=sys.stderr)
+                if best is None or row["val_top1"] > best[1]["val_top1"]:
+                    best = (model, row, preds, inputs.names, inputs.y)
     cols = ["feature_set", "classifier", "dim", "val_top1", "val_top5", "val_macro_f1", "test_top1", "test_top5",
             "test_macro_f1", "cv_top1", "fit_s", "predict_s", "params"]
+    if n_classes <= 5:  # top-5 says nothing with 5 classes or fewer
+        cols = [c for c in cols if not c.endswith("_top5")]
     table = pd.DataFrame(rows)[cols]
     model, row, preds, names, y = best
-    return Comparison(table, model, row, preds, list(source.classes), y, names)
+    return Comparison(table, model, row, preds, list(source.classes), y, names, predictions)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -294,12 +313,41 @@ def accuracy_figure(table: pd.DataFrame, metric: str = "val_top1"):
                             title=f"{metric.replace('_', ' ')} by feature set and classifier")
 
 
+def heatmap_figure(table: pd.DataFrame, metric: str = "val_top1"):
+    """Feature set x classifier grid of one metric, each cell labelled (rows and columns in table order)."""
+    from mame_transfer.core.plots import PlainFigure
+
+    grid = table.pivot_table(index="feature_set", columns="classifier", values=metric, aggfunc="first", sort=False)
+    values = grid.to_numpy(dtype=float)
+    fig = PlainFigure(figsize=(1.1 * grid.shape[1] + 3.2, 0.55 * grid.shape[0] + 1.8))
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    im = ax.imshow(values, cmap="viridis", vmin=low, vmax=high if high > low else low + 1e-9, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=metric.replace("_", " "))
+    ax.set_xticks(range(grid.shape[1]), labels=list(grid.columns), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), labels=list(grid.index), fontsize=8)
+    middle = (low + high) / 2
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if values[i, j] > middle else "white")
+    ax.set_xlabel("classifier")
+    ax.set_ylabel("feature set")
+    ax.set_title(f"{metric.replace('_', ' ')}: feature set x classifier")
+    fig.tight_layout()
+    return fig
+
+
 KIND = "classifier-comparison"  # the owner kind of a classify output folder
 
 
 def write_outputs(result: Comparison, out: str | Path, *, description: str = "", overwrite: bool = False) -> Path:
-    """results.csv, results.md, accuracy.png, confusion matrices of the best pipeline, best_model.skops/.json.
+    """Write the comparison's files into ``out`` and return it.
 
+    ``results.csv`` / ``results.md`` (the table), ``accuracy.png`` (bars), ``accuracy_heatmap.png`` (feature set x
+    classifier), ``confusion_matrix_<split>.png`` of the best pipeline, ``best_model.skops`` and ``best_model.json``.
     ``out`` is written whole; it must be new, empty or an earlier comparison (replaced only with ``overwrite``).
     """
     target = Path(out)
@@ -327,6 +375,7 @@ def _write_outputs(result: Comparison, out: Path, description: str) -> None:
     head = f"# Classifier comparison\n\n{description}\n\n" if description else "# Classifier comparison\n\n"
     write_text(out / "results.md", head + markdown_table(result.table))
     plots.save(accuracy_figure(result.table), out / "accuracy.png")
+    plots.save(heatmap_figure(result.table), out / "accuracy_heatmap.png")
     labels = np.arange(len(result.classes))
     for split, y_pred in result.best_predictions.items():
         cm = confusion_matrix(result.y[split], y_pred, labels=labels)

@@ -76,22 +76,28 @@ def top_imagenet_labels(probs: np.ndarray, labels: Sequence[str], classes: Seque
     return pd.DataFrame(rows, columns=["class", "rank", "imagenet_label", "share", "mean_prob", "n"])
 
 
-def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, seed: int = 0) -> pd.DataFrame:
-    """Accuracy of one classifier (grid-searched on train) on the ImageNet output vs on the embeddings."""
+def similarity_scores(store, *, classifier: str = "logreg", fast: bool = True, seed: int = 0, n_jobs: int = 1,
+                      verbose: int = 0) -> pd.DataFrame:
+    """Accuracy of one classifier (grid-searched on train) on the ImageNet output vs on the embeddings.
+
+    ``verbose`` shows a progress bar over the two fits; ``n_jobs`` runs the CV fits in parallel.
+    """
     from mame_transfer.classifiers.comparison import (
         build_inputs,
         fit_one,
         source_from_store,
     )
+    from mame_transfer.core.progress import track
 
     rows = []
-    for feature_set, transform in (("imagenet_probs", "log"), ("embeddings", None)):
+    fits = (("imagenet_probs", "log"), ("embeddings", None))
+    for feature_set, transform in track(fits, desc=f"{classifier} fits", unit="fit", verbose=verbose):
         source = source_from_store(store, feature_set)
         if transform == "log":
             # log-probabilities: softmax outputs are heavy-tailed; the log makes them usable by linear models
             source.embeddings = {s: np.log(np.clip(e, 1e-7, 1.0)) for s, e in source.embeddings.items()}
         inputs = build_inputs(source, "embeddings")
-        _, row, _ = fit_one(classifier, inputs, len(source.classes), fast=fast, seed=seed)
+        _, row, _ = fit_one(classifier, inputs, len(source.classes), fast=fast, seed=seed, n_jobs=n_jobs)
         rows.append({"features": feature_set, "dim": inputs.X["train"].shape[1], "classifier": classifier,
                      "val_top1": row["val_top1"], "test_top1": row["test_top1"], "cv_top1": row["cv_top1"]})
     out = pd.DataFrame(rows)
@@ -104,7 +110,7 @@ KIND = "task-similarity"  # the owner kind of a task_similarity output folder
 
 
 def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None, *, split: str = "val",
-            top: int = 3, classifier: str = "logreg", fast: bool = True,
+            top: int = 3, classifier: str = "logreg", fast: bool = True, n_jobs: int = 1, verbose: int = 0,
             overwrite: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both views for a store with ``imagenet_probs``; writes CSV + Markdown to ``out`` when given.
 
@@ -117,13 +123,13 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     store = load_store(store_path)
     if IMAGENET_PROBS not in store.feature_sets:
         raise DataError(f"{store.path / MANIFEST}: no 'imagenet_probs' feature set; re-export with "
-                        f"python -m mame_transfer.features ... --imagenet-probs")
+                        f"mame-features ... --imagenet-probs")
     if out is None:
-        return _tables(store, split, top, classifier, fast)
+        return _tables(store, split, top, classifier, fast, n_jobs, verbose)
     with output_folder(out, KIND, overwrite=overwrite, what="task similarity result", command="task_similarity",
                        legacy=lambda p: (p / "similarity.csv").is_file()) as existed, \
             atomic_path(out, kind=KIND, replace=existed) as tmp:
-        labels_table, scores = _tables(store, split, top, classifier, fast)
+        labels_table, scores = _tables(store, split, top, classifier, fast, n_jobs, verbose)
         tmp.mkdir()
         write_text(tmp / "imagenet_labels.csv", labels_table.to_csv(index=False))
         write_text(tmp / "similarity.csv", scores.to_csv(index=False))
@@ -135,13 +141,14 @@ def analyse(store_path: str | os.PathLike, out: str | os.PathLike | None = None,
     return labels_table, scores
 
 
-def _tables(store, split: str, top: int, classifier: str, fast: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _tables(store, split: str, top: int, classifier: str, fast: bool, n_jobs: int = 1,
+            verbose: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     from mame_transfer.store.store import IMAGENET_PROBS
 
     names = imagenet_class_names()
     probs = np.asarray(store.embeddings(split, IMAGENET_PROBS))
     labels_table = top_imagenet_labels(probs, store.metadata(split)["label"].astype(str), store.classes, names, top)
-    return labels_table, similarity_scores(store, classifier=classifier, fast=fast)
+    return labels_table, similarity_scores(store, classifier=classifier, fast=fast, n_jobs=n_jobs, verbose=verbose)
 
 
 def arrow_lines(table: pd.DataFrame) -> list[str]:

@@ -1,4 +1,5 @@
-"""The ground floor, used by every other package: configuration, errors, file I/O, plots, the command runner.
+"""The ground floor, used by every other package: configuration, errors, file I/O, plots, progress bars, the
+command runner and the process it runs in (TensorFlow logs, CPU threads).
 
 Nothing here imports another package of mame_transfer.
 """

@@ -90,7 +90,10 @@ class TrainConfig:
     out: str | None = _f(None, "run directory (default saved_models/<arch>-<timestamp>)")
     runs_dir: str = _f("saved_models", "parent folder of run directories")
     overwrite: bool = _f(False, "replace an existing complete run directory given by --out")
-    verbose: int = _f(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    verbose: int = _f(1, "0 silent, 1 a progress bar per epoch, 2 one line per epoch (and TensorFlow's own log "
+                      "lines)", (0, 1, 2))
+    tensorboard: bool = _f(False, "write TensorBoard logs (loss, accuracy, learning rate per epoch) to "
+                           "<run>/tensorboard; view them with: tensorboard --logdir <run>/tensorboard")
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
@@ -202,24 +205,35 @@ def from_dict(cls, values: dict[str, Any], *, source: str = "config"):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, *, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per dataclass field, with ``default=SUPPRESS`` so only flags given override the YAML."""
+    """One ``--flag`` per dataclass field, with ``default=SUPPRESS`` so only flags given override the YAML.
+
+    The help shows the default once and the choices; a renamed option's former flag still works, hidden from
+    the help (:func:`mame_transfer.core.cli.hidden_alias`).
+    """
+    from mame_transfer.core.cli import hidden_alias
+
     for f in fields(cls):
         if f.name in skip:
             continue
         kind = _field_type(f, cls)
-        flag = "--" + f.name.replace("_", "-")
-        flags = [flag] + (["--" + f.metadata["alias"].replace("_", "-")] if f.metadata.get("alias") else [])
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        help_text = f.metadata.get("help", "")
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        default = f.default if f.default is not dataclasses.MISSING else None
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
+            help_text += f" (default: {'on' if default else 'off'})"
         else:
             kw["type"] = str
-            kw["metavar"] = f.name.upper()
-            if f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
-            default = f.default if f.default is not dataclasses.MISSING else None
-            kw["help"] += f" (default: {default})"
-        parser.add_argument(*flags, **kw)
+            if f.metadata.get("choices"):  # argparse then lists them: --optimizer {adam,adamw,sgd}
+                kw["choices"] = [str(c) for c in f.metadata["choices"]]
+            else:
+                kw["metavar"] = f.name.upper()
+            if default is not None and "default" not in help_text:
+                help_text += f" (default: {default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), help=help_text, **kw)
+        if f.metadata.get("alias"):
+            hidden_alias(parser, "--" + f.metadata["alias"].replace("_", "-"),
+                         **{k: v for k, v in kw.items() if k not in ("default", "metavar")})
 
 
 def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None):
@@ -238,13 +252,13 @@ def dump_yaml(config) -> str:
 
 
 def options_markdown(cls=TrainConfig) -> str:
-    """The README's options table, generated from the dataclass so it cannot drift from the code."""
+    """The options table of ``docs/options.md``, generated from the dataclass so it cannot drift from the code."""
     rows = ["| flag / YAML key | default | meaning |", "|---|---|---|"]
     for f in fields(cls):
         choices = f.metadata.get("choices")
         text = f.metadata.get("help", "").replace("|", "\\|")
         if choices:
-            text += f" ({' / '.join(choices)})"
+            text += f" ({' / '.join(str(c) for c in choices)})"
         if f.metadata.get("alias"):
             text += f"; former name `--{f.metadata['alias'].replace('_', '-')}` still accepted"
         rows.append(f"| `--{f.name.replace('_', '-')}` / `{f.name}` | `{f.default}` | {text} |")
@@ -252,7 +266,7 @@ def options_markdown(cls=TrainConfig) -> str:
 
 
 def update_readme(path: str | Path, cls=TrainConfig) -> bool:
-    """Rewrite the options table between the README's markers; returns True when it changed."""
+    """Rewrite the options table between the markers of a Markdown file; returns True when it changed."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     start, end = "<!-- options-table:start -->\n", "<!-- options-table:end -->"
@@ -263,7 +277,7 @@ def update_readme(path: str | Path, cls=TrainConfig) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m mame_transfer.core.config [README.md]: print or refresh the options table
+if __name__ == "__main__":  # python -m mame_transfer.core.config [docs/options.md]: print or refresh the options table
     import sys
 
     if len(sys.argv) > 1:

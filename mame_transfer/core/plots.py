@@ -95,12 +95,19 @@ def label_axes(ax, xlabel: str, ylabel: str, *, title: str = "", grid: bool = Tr
         ax.legend()
 
 
-def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
-    """Loss and accuracy per epoch, train vs val, from a DataFrame or dict of lists (Keras history keys)."""
+def training_curves_figure(history, *, warmup_epochs: int = 0, best_epoch: int | None = None) -> Figure:
+    """Loss and accuracy per epoch, train vs val, from a DataFrame or dict of lists (Keras history keys).
+
+    Epochs are counted from 1 and ticked at whole numbers only; the best epoch (by default the first with the
+    highest val accuracy, the one a run keeps) is marked on both panels.
+    """
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
     df = pd.DataFrame(history)
-    epochs = df["epoch"] + 1 if "epoch" in df else np.arange(1, len(df) + 1)
+    epochs = (df["epoch"] + 1 if "epoch" in df else pd.Series(np.arange(1, len(df) + 1))).to_numpy()
+    if best_epoch is None and "val_accuracy" in df and df["val_accuracy"].notna().any():
+        best_epoch = int(epochs[int(np.nanargmax(df["val_accuracy"].to_numpy(dtype=float)))])
     fig = PlainFigure(figsize=(10, 4))
     for k, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "top-1 accuracy")), start=1):
         ax = fig.add_subplot(1, 2, k)
@@ -110,7 +117,13 @@ def training_curves_figure(history, *, warmup_epochs: int = 0) -> Figure:
                 ax.plot(epochs, df[key], style, ms=3, label="val" if prefix else "train")
         if warmup_epochs:
             ax.axvline(warmup_epochs + 0.5, color="grey", ls="--", lw=1, label="unfreeze")
-        label_axes(ax, "epoch", label, legend=True)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="#228833", ls=":", lw=1.5, label=f"best epoch ({best_epoch})")
+            at = np.flatnonzero(epochs == best_epoch)
+            if metric == "accuracy" and "val_accuracy" in df and len(at):
+                ax.plot([best_epoch], [df["val_accuracy"].to_numpy()[at[0]]], "*", color="#228833", ms=12)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        label_axes(ax, "epoch", label, legend=bool(ax.get_legend_handles_labels()[0]))
     fig.tight_layout()
     return fig
 

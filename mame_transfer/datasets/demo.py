@@ -298,8 +298,8 @@ _STYLES: list[Callable[[int, int, np.random.Generator], np.ndarray]] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mame_transfer.demo [--out DIR] [--seed N] [--sizes T V T]``: generate or reuse, print the path."""
-    parser = argparse.ArgumentParser(prog="python -m mame_transfer.demo", description=__doc__.split("\n")[0])
+    """``python -m mame_transfer.datasets.demo [--out DIR] [--seed N] [--sizes T V T]``: generate or reuse, print it."""
+    parser = argparse.ArgumentParser(prog="python -m mame_transfer.datasets.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=None, help=f"cache folder (default {default_cache_dir()})")
     parser.add_argument("--seed", type=int, default=0, help="generation seed")
     parser.add_argument("--sizes", type=int, nargs=3, default=list(DEFAULT_SIZES), metavar=("TRAIN", "VAL", "TEST"),

@@ -120,7 +120,7 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels. Received: size={size}")
     if detect_layout(data) != "mame":
-        raise DataError(f"{data} is a class-per-folder set; convert it first with `python -m mame_transfer.data "
+        raise DataError(f"{data} is a class-per-folder set; convert it first with `mame-data "
                         f"import {data} --out DIR`, then prepare DIR.")
     dataset = read_mame(data, images=images, check_files=False)
     out = Path(os.path.abspath(out))

@@ -16,9 +16,16 @@ import pandas as pd
 from mame_transfer.core.errors import DataError
 from mame_transfer.core.fileio import write_text
 
+TOP_K = (3, 5)  # reported beside top-1 when there are more classes than k (else every image is in its top k)
+
+
+def top_k_keys(n_classes: int) -> list[str]:
+    """The top-k metric names worth reporting for ``n_classes`` classes (``top3`` needs at least 4 classes)."""
+    return [f"top{k}" for k in TOP_K if n_classes > k]
+
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
-    """Top-1, top-3, top-5, macro / weighted F1, balanced accuracy, per-class P/R/F/support, confusion matrix."""
+    """Top-1, top-3 / top-5 (:func:`top_k_keys`), macro / weighted F1, balanced accuracy, per-class report."""
     from sklearn.metrics import (
         balanced_accuracy_score,
         confusion_matrix,
@@ -36,9 +43,9 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str
     labels = np.arange(n_classes)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     out = {"n": int(len(y_true)), "top1": float((y_pred == y_true).mean()) if len(y_true) else 0.0}
-    for k in (3, 5):
-        kk = min(k, n_classes)
-        out[f"top{k}"] = float((order[:, :kk] == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
+    for key in top_k_keys(n_classes):
+        k = int(key[3:])
+        out[key] = float((order[:, :k] == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
     out["macro_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
     out["weighted_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0))
     out["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
@@ -72,10 +79,15 @@ def classification_report_text(metrics: dict, split: str) -> str:
     for name, m in metrics["per_class"].items():
         rows.append(f"{name:<28}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
     rows.append("")
-    rows.append(f"split {split}: n={metrics['n']}  top-1 {metrics['top1']:.4f}  top-3 {metrics['top3']:.4f}  "
-                f"top-5 {metrics['top5']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
-                f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    rows.append(f"split {split}: {score_line(metrics)}  balanced accuracy {metrics['balanced_accuracy']:.4f}")
     return "\n".join(rows) + "\n"
+
+
+def score_line(metrics: dict) -> str:
+    """``n=200  top-1 0.8450  top-3 0.9700  macro F1 0.8400`` (top-k only where reported)."""
+    keys = ["top1", *(k for k in ("top3", "top5") if k in metrics)]
+    scores = "  ".join(f"top-{k[3:]} {metrics[k]:.4f}" for k in keys)
+    return f"n={metrics['n']}  {scores}  macro F1 {metrics['macro_f1']:.4f}"
 
 
 PREDICTIONS, REPORT, CONFUSION = "predictions.csv", "classification_report.txt", "confusion_matrix.png"

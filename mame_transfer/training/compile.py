@@ -51,8 +51,8 @@ def compile_model(model, config: TrainConfig, num_classes: int, *, total_steps: 
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy()
         if not config.label_smoothing else _SmoothedSparseCE(config.label_smoothing, num_classes),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")],
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        + ([keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")] if num_classes > 5 else []),
         jit_compile=True if config.jit_compile else "auto",  # auto: XLA on GPU, not on CPU
     )
     return model
@@ -87,6 +87,29 @@ def schedule_callbacks(config: TrainConfig, *, monitor: str = "val_accuracy") ->
         out["plateau"] = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.plateau_factor,
                                                            patience=config.plateau_patience, min_lr=1e-7)
     return out
+
+
+TENSORBOARD_HINT = "pip install 'mame_transfer[tensorboard]'"
+
+
+def require_tensorboard(flag: str = "--tensorboard") -> None:
+    """Fail before any training when TensorBoard (an optional extra) is not installed."""
+    import importlib.util
+
+    from mame_transfer.core.errors import ConfigError
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"{flag} writes TensorBoard logs, but the tensorboard package is not installed. "
+                          f"Install it with: {TENSORBOARD_HINT} (or leave out {flag})")
+
+
+def tensorboard_callback(log_dir):
+    """Keras's TensorBoard callback writing epoch scalars (loss, metrics, learning rate) to ``log_dir``."""
+    import keras
+
+    require_tensorboard()
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False,
+                                       update_freq="epoch")
 
 
 def make_strategy(name: str):

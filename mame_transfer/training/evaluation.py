@@ -118,8 +118,10 @@ def _val_top1(run: Path, model, config, classes, batch_size) -> float:
 
 def ensemble_runs(members: Sequence[str | Path], *, split: str = "val", weighted: bool = False,
                   data_path: str | None = None, out: str | Path | None = None, batch_size: int | None = None,
-                  tta: str = "none", overwrite: bool = False) -> tuple[pd.DataFrame, dict]:
+                  tta: str = "none", verbose: int = 0, overwrite: bool = False) -> tuple[pd.DataFrame, dict]:
     """Predict ``split`` with every run, average, score members and ensemble, write the outputs to ``out``.
+
+    Top-3 / top-5 columns appear only with more classes than k; ``verbose`` 1 shows Keras's prediction bars.
 
     Writes (when ``out`` is given): ``ensemble_<split>.csv`` and ``.md`` (one row per member plus the ensemble),
     ``metrics.json`` (full metrics of every member and of the ensemble), and the ensemble's
@@ -136,11 +138,11 @@ def ensemble_runs(members: Sequence[str | Path], *, split: str = "val", weighted
                 as existed, \
                 atomic_path(out, kind=ENSEMBLE_KIND, replace=existed) as tmp:
             tmp.mkdir()
-            return _ensemble(members, split, weighted, data_path, tmp, batch_size, tta)
-    return _ensemble(members, split, weighted, data_path, None, batch_size, tta)
+            return _ensemble(members, split, weighted, data_path, tmp, batch_size, tta, verbose)
+    return _ensemble(members, split, weighted, data_path, None, batch_size, tta, verbose)
 
 
-def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None, batch_size, tta):
+def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None, batch_size, tta, verbose=0):
     classes = check_same_classes(members)
     probas, weights, names, member_metrics = [], [], [], {}
     table = None
@@ -152,7 +154,7 @@ def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None,
         elif list(member_table["image"]) != list(table["image"]):
             raise DataError(f"{run}: its {split} split ({config.data or 'demo'}) holds other images than "
                             f"{members[0]}'s; pass --data to score every member on the same set")
-        proba = run_proba(model, config, table, batch_size=batch_size, tta=tta)
+        proba = run_proba(model, config, table, batch_size=batch_size, tta=tta, verbose=verbose)
         name = run.name if run.name not in names else str(run)
         names.append(name)
         probas.append(proba)
@@ -162,10 +164,11 @@ def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None,
     mix = average(probas, weights)
     ens = compute_metrics(table["label_index"].to_numpy(), mix, classes)
     total = float(sum(weights))
-    rows = [{"model": n, "weight": w / total, **{k: member_metrics[n][k] for k in ENSEMBLE_COLUMNS[2:]}}
+    columns = [c for c in ENSEMBLE_COLUMNS if c in ("model", "weight") or c in ens]
+    rows = [{"model": n, "weight": w / total, **{k: member_metrics[n][k] for k in columns[2:]}}
             for n, w in zip(names, weights)]
-    rows.append({"model": "ensemble", "weight": 1.0, **{k: ens[k] for k in ENSEMBLE_COLUMNS[2:]}})
-    frame = pd.DataFrame(rows, columns=list(ENSEMBLE_COLUMNS))
+    rows.append({"model": "ensemble", "weight": 1.0, **{k: ens[k] for k in columns[2:]}})
+    frame = pd.DataFrame(rows, columns=columns)
     result = {"split": split, "weighted": weighted, "tta": tta, "members": [str(r) for r in members],
               "weights": dict(zip(names, (w / total for w in weights))), "member_metrics": member_metrics,
               "ensemble": ens}

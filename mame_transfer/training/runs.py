@@ -15,6 +15,7 @@ Files of a finished run::
     metrics.json           per evaluated split: top-k, F1, per-class report, confusion matrix
     predictions[_S].csv, classification_report[_S].txt, confusion_matrix[_S].png   per split S
     run.log                what ran: sizes, phases, resume, training route
+    tensorboard/           with ``--tensorboard``: TensorBoard event files (train/ and validation/)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ BEST_WEIGHTS = "best.weights.h5"
 STATE_DIR = "resume_state"
 PREFIX_CACHE_DIR = "prefix_cache"
 FINGERPRINT = "fingerprint.json"  # in STATE_DIR: the configuration and data the interrupted run was started with
+TENSORBOARD_DIR = "tensorboard"  # with --tensorboard: the run's TensorBoard logs
 FINISHED = (MODEL, CONFIG, CLASS_INDEX)  # what every finished run holds (metrics.json too, since 0.1)
 RUN_KIND = "run"  # the owner kind of a run directory (mame_transfer.core.fileio.check_output)
 # Options that do not change what a run computes: a resumed run may differ in them (more epochs, less output).
@@ -96,7 +98,7 @@ def resolved_config(config: TrainConfig) -> TrainConfig:
 def _config_key(config: TrainConfig) -> dict:
     """The fields that identify a run's configuration (not where it is written or how verbosely)."""
     d = config.to_dict()
-    for k in ("out", "overwrite", "verbose", "runs_dir"):
+    for k in ("out", "overwrite", "verbose", "runs_dir", "tensorboard"):
         d.pop(k, None)
     return d
 

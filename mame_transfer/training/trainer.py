@@ -22,8 +22,10 @@ from mame_transfer.training.compile import (
     class_weights,
     compile_model,
     make_strategy,
+    require_tensorboard,
     schedule_callbacks,
     strategy_scope,
+    tensorboard_callback,
 )
 
 log = logging.getLogger("mame_transfer")
@@ -171,6 +173,8 @@ def train(config: TrainConfig) -> Path:
 
     config = runs.resolved_config(config.validate())
     methods.check_config(config)
+    if config.tensorboard:
+        require_tensorboard()
     keras.utils.set_random_seed(config.seed)
     dataset = runs.dataset_for(config)
     with runs.open_run(config, dataset) as (final, work, resuming), named_image_errors():  # locked, checked
@@ -235,6 +239,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
             tracked = schedule_callbacks(config)
             callbacks = [_stop_on_nan(work, config), _reseed_each_epoch(config.seed)] + list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
+                *([tensorboard_callback(work / runs.TENSORBOARD_DIR)] if config.tensorboard else []),
                 _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
             ]
             fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
@@ -268,7 +273,7 @@ def finish_run(net, config: TrainConfig, dataset, work: Path) -> dict:
     import pandas as pd
 
     from mame_transfer.core import plots
-    from mame_transfer.inference.metrics import write_split_artifacts
+    from mame_transfer.inference.metrics import score_line, write_split_artifacts
     from mame_transfer.inference.predict import predict_proba, prediction_options
 
     splits = [s for s in ("val", "test") if s in dataset.subsets]
@@ -285,8 +290,7 @@ def finish_run(net, config: TrainConfig, dataset, work: Path) -> dict:
             proba = predict_proba(net, table, **options, **extra)
             metrics[key] = write_split_artifacts(work, key, table, proba, dataset.classes,
                                                  final=mode == "none" and split == splits[-1])
-            log.info("%s: top-1 %.4f  top-5 %.4f  macro F1 %.4f", key, metrics[key]["top1"], metrics[key]["top5"],
-                     metrics[key]["macro_f1"])
+            log.info("%s: %s", key, score_line(metrics[key]))
     write_json(work / runs.METRICS, metrics)
     if (work / runs.HISTORY).is_file():
         hist = pd.read_csv(work / runs.HISTORY)

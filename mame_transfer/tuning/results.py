@@ -133,7 +133,7 @@ def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overr
     if data.cached:
         best_conf.augment = False  # the search trained without augmentation (features computed once)
     header = (f"# best trial {best.trial_id} of {folder} ({spec.tuner.algorithm}, {data.route}): "
-              f"{spec.tuner.objective} {best.score:.4f}\n# retrain: python -m mame_transfer.finetune --config "
+              f"{spec.tuner.objective} {best.score:.4f}\n# retrain: mame-finetune --config "
               f"{folder / 'best.yaml'}\n")
     write_text(folder / "best.yaml", header + cfg.dump_yaml(best_conf))
     weights = Path(tuner.get_trial_dir(best.trial_id)) / CHECKPOINT

@@ -1,7 +1,8 @@
 """Running a search: the KerasTuner tuner with the package's trial logic, the chief/worker engine, resume.
 
 The tuner turns any trial exception into a FAILED trial (counted by ``max_consecutive_failed_trials``), records
-per trial who ran it and on which route, keeps only the best trial's weights, and never imports TensorBoard.
+per trial who ran it and on which route, keeps only the best trial's weights, and imports TensorBoard only when
+the search writes TensorBoard logs (``--tensorboard``).
 Distributed search is KerasTuner's own: ``KERASTUNER_TUNER_ID=chief`` serves the oracle (:func:`serve_chief`,
 with a short poll), ``tuner<i>`` processes run trials, all sharing the tuning folder.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from mame_transfer.core import config as cfg
 from mame_transfer.core.errors import ConfigError, OutputError
 from mame_transfer.core.fileio import check_output, locked, mark, write_json, write_text
+from mame_transfer.training.compile import require_tensorboard, tensorboard_callback
 from mame_transfer.tuning.hypermodel import TRIAL_INFO, SearchData, make_hypermodel
 from mame_transfer.tuning.results import PROJECT, SEARCH_JSON, best_trial, write_results
 from mame_transfer.tuning.space import SearchSpec, TuneError, load_spec, spec_from_dict, trial_config
@@ -48,11 +50,12 @@ def make_tuner(spec: SearchSpec, data: SearchData, folder: Path, *, overwrite: b
     base_cls = {"random": kt.RandomSearch, "hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization}[t.algorithm]
 
     class MameTuner(base_cls):
-        """Adds: no TensorBoard import, failures that count, per-trial info, checkpoint pruning, fast chief."""
+        """Adds: TensorBoard only when asked, failures that count, per-trial info, checkpoint pruning, fast chief."""
 
         def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
             # KerasTuner imports tensorboard here for every trial; without tensorboard installed that ImportError
-            # makes every trial INVALID. We pass no TensorBoard callback, so there is nothing to configure.
+            # makes every trial INVALID. Only a search with a TensorBoard callback (--tensorboard, which checks
+            # the package first) needs it: KerasTuner then gives each trial its log folder and HParams record.
             if any(cb.__class__.__name__ == "TensorBoard" for cb in callbacks):
                 super()._configure_tensorboard_dir(callbacks, trial, execution)
 
@@ -159,19 +162,27 @@ def serve_chief(oracle, poll_s: float = 0.5) -> None:
         server.stop(grace=2)
 
 
+TENSORBOARD_DIR = "tensorboard"  # with --tensorboard: <folder>/tensorboard/<trial id>/execution<k>/
+
+
 def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False, verbose: int = 1,
-               resume: bool = False, **overrides) -> dict | None:
+               resume: bool = False, tensorboard: bool = False, **overrides) -> dict | None:
     """Run (or, with ``resume``, continue) a search in ``folder``; returns the summary (None on a distributed worker).
 
     ``folder`` must be new, empty or a tuning folder: ``overwrite`` deletes an earlier search first, ``resume``
     continues it, and only when it was searched over the same space, settings and data (:func:`search_fingerprint`);
     anything else is refused instead of merging unlike trials. One process at a time holds the folder (the chief
     of a distributed search, whose workers share it).
+
+    With ``tensorboard`` every trial writes TensorBoard logs under ``<folder>/tensorboard/``, scalars per epoch
+    and, through KerasTuner, the trial's hyperparameters for TensorBoard's HParams view.
     """
     from keras_tuner.src.distribute import utils as dist_utils
 
     folder = Path(folder)
     worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+    if tensorboard:
+        require_tensorboard()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.setdefault("verbose", verbose)
     with contextlib.nullcontext() if worker else locked(folder, "tune"):
@@ -187,7 +198,7 @@ def run_search(spec: SearchSpec, folder: str | Path, *, overwrite: bool = False,
         mark(folder, TUNING_KIND)
         write_text(folder / SEARCH_FILE, _yaml({**spec.to_dict(), "overrides": overrides}))
         write_json(folder / FINGERPRINT, fp)
-        return _search(spec, folder, overrides, dataset, verbose, worker)
+        return _search(spec, folder, overrides, dataset, verbose, worker, tensorboard)
 
 
 def _dataset(spec: SearchSpec, overrides: dict):
@@ -239,14 +250,16 @@ def _diff(prefix: str, a, b) -> list[str]:
     return [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
-def _search(spec: SearchSpec, folder: Path, overrides: dict, dataset, verbose: int, worker: bool) -> dict | None:
+def _search(spec: SearchSpec, folder: Path, overrides: dict, dataset, verbose: int, worker: bool,
+            tensorboard: bool = False) -> dict | None:
     """The search itself, in a checked and locked folder."""
     data = SearchData(spec, folder, overrides, dataset=dataset)
     log.info("search %s: %s, objective %s, route %s, %d classes", spec.name, spec.tuner.algorithm,
              spec.tuner.objective, data.route, data.num_classes)
     tuner = make_tuner(spec, data, folder, overwrite=False, overrides=overrides)
+    callbacks = [tensorboard_callback(folder / TENSORBOARD_DIR)] if tensorboard else []
     try:
-        tuner.search(verbose=verbose)
+        tuner.search(verbose=verbose, callbacks=callbacks)
     except RuntimeError as exc:
         if "consecutive failures" in str(exc):
             raise TuneError(f"search aborted: {exc}") from exc

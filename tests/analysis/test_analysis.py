@@ -359,8 +359,10 @@ def test_analyze_cli_cka_maxact_featvis_project(demo_root, tiny_run, tmp_path, c
     assert list(kd.columns) == ["layer", "filters", "mean_l2", "mean_norm_a", "relative"] and len(kd) == 3
     for name in ("cka_matrix.png", "cka_curve.png", "kernel_distance.png"):
         png_size(out / name)
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     assert printed[0].startswith("block1_relu") and " CKA 0." in printed[0] and printed[-1] == str(out)
+    assert "CKA: 100%" in captured.err and "60/60" in captured.err  # the progress bar counts images
 
     # A bare backbone against a run: fed at the run's image size, its dataset by default, outputs under the run.
     out = tmp_path / "maxact"
@@ -379,12 +381,14 @@ def test_analyze_cli_cka_maxact_featvis_project(demo_root, tiny_run, tmp_path, c
     assert table["overlap_mean"].tolist() == pytest.approx([v["overlap"]["mean"] for v in summary["layers"].values()])
     for name in ("maxact_overlap.png", "maxact_entropy.png", "maxact_block2_relu.png"):
         png_size(out / name)
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     assert printed[0].startswith("layer=block1_relu, entropy_random:test_tiny_mean=") and printed[-1] == str(out)
+    assert captured.err.count("60/60") == 2  # one bar per model
 
     out = tmp_path / "fv"
     assert analyze.main(["featvis", "--a", "random:test_tiny", "--image-size", "32", "--layer", "block2_relu",
-                         "--channels", "0", "1", "--steps", "8", "--out", str(out)]) == 0
+                         "--channels", "0,1", "--steps", "8", "--jitter-px", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     for c in (0, 1):
         assert printed[c].startswith(f"random:test_tiny block2_relu[{c}]: mean activation "), printed
@@ -394,8 +398,18 @@ def test_analyze_cli_cka_maxact_featvis_project(demo_root, tiny_run, tmp_path, c
     store = _store(tmp_path)
     assert analyze.main(["project", str(store), "--method", "pca", "--dims", "3", "--per-class", "5",
                          "--apply-split", "val"]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
     assert printed[0].startswith("PCA explained variance ratio: ")
+    assert "PCA 3-D: 100%" in captured.err and "3/3" in captured.err  # fit, apply to val, write
+    points = pd.read_csv(store / "projections" / "pca_3d_train+val.csv")
+    assert list(points.columns) == ["split", "image", "label", "x", "y", "z"] and len(points) == 30
+    assert points.groupby("split").size().to_dict() == {"train": 15, "val": 15}
+    emb, meta = _store_like()
+    same = projections.project(emb, meta, method="pca", dims=3, fit_split="train", apply_splits=["val"], per_class=5)
+    np.testing.assert_allclose(points[["x", "y", "z"]].to_numpy(),
+                               np.concatenate([same.coords["train"], same.coords["val"]]), rtol=1e-5, atol=1e-5)
+    assert points["image"].tolist() == same.meta["train"]["image"].tolist() + same.meta["val"]["image"].tolist()
     page = store / "projections" / "pca_3d_train+val.html"
     assert printed[1:] == [str(page), str(store / "projections" / "pca_3d_train+val_variance.png")]
     text = page.read_text()

@@ -93,3 +93,29 @@ def test_report_rejects_unfinished_dir(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("arch: test_tiny\n")
     assert report.main([str(tmp_path)]) == 2
     assert "metrics.json is missing" in capsys.readouterr().err
+
+
+def test_long_file_names_wrap_in_the_page(run_copy, tmp_path):
+    """A 200-character file name (no spaces) in the mistakes and the analysis list must not widen the page."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from browser import open_page, require_chromium
+
+    require_chromium()
+    long_name = "Portrait_of_a_lady_" + "x" * 180 + ".jpg"
+    for file in run_copy.glob("predictions*.csv"):  # the most visible place: a mistake card of the final split
+        preds = pd.read_csv(file)
+        wrong = ~preds["correct"].astype(bool)
+        assert wrong.any()
+        preds.loc[wrong.idxmax(), "image"] = long_name
+        preds.to_csv(file, index=False)
+    (run_copy / "analysis" / "cka").mkdir(parents=True)
+    (run_copy / "analysis" / "cka" / f"cka_{'y' * 180}.csv").write_text("layer,cka\n")
+    page = build_report(run_copy, gradcam=0, mistakes=50)
+    assert long_name in page.read_text()
+    with open_page(page) as view:
+        widths = view.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        view.assert_clean()
+    assert widths[0] <= widths[1], widths  # nothing sticks out: no horizontal scroll bar

@@ -13,6 +13,7 @@ from mame_transfer.classifiers.comparison import (
     build_inputs,
     compare,
     feature_sets_for,
+    heatmap_figure,
     scores,
     source_from_dataset,
     source_from_store,
@@ -23,6 +24,7 @@ from mame_transfer.classifiers.estimators import (
     classifier_pipeline,
     load_pipeline,
 )
+from mame_transfer.core import plots
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.store.store import write_store
 
@@ -78,13 +80,17 @@ def test_every_classifier_and_feature_set(tmp_path):
     emb = t[t.feature_set == "embeddings"]
     # well separated: every model learns it (k-NN suffers most from the 5 pure-noise dimensions)
     assert (emb.val_top1 >= 0.8).all() and emb.val_top1.median() == 1.0, emb[["classifier", "val_top1"]]
-    assert (t.val_top5 == 1.0).all()  # 3 classes: top-5 covers them all
+    assert not any(c.endswith("_top5") for c in t.columns)  # 3 classes: top-5 would be 1.0 by construction
+    assert set(result.predictions) == {(fs, c) for fs in FEATURE_SETS for c in CLASSIFIERS}
+    for (fs, c), preds in result.predictions.items():  # every pipeline's predictions, consistent with the table
+        row = t[(t.feature_set == fs) & (t.classifier == c)].iloc[0]
+        assert (preds["val"] == result.y["val"]).mean() == pytest.approx(row.val_top1)
     assert t.loc[t.feature_set == "embeddings+metadata+umap", "dim"].iloc[0] == 8 + 4 + 2 + 2
     best = t.val_top1.max()
     assert result.best_row["val_top1"] == best
 
     out = write_outputs(result, tmp_path / "out", description="synthetic")
-    for name in ("results.csv", "results.md", "accuracy.png", "confusion_matrix_val.png",
+    for name in ("results.csv", "results.md", "accuracy.png", "accuracy_heatmap.png", "confusion_matrix_val.png",
                  "confusion_matrix_test.png", "best_model.skops", "best_model.json"):
         assert (out / name).is_file(), name
     assert len(pd.read_csv(out / "results.csv")) == len(t)
@@ -92,7 +98,7 @@ def test_every_classifier_and_feature_set(tmp_path):
     md = (out / "results.md").read_text().splitlines()
     assert md[0] == "# Classifier comparison" and "synthetic" in md
     assert sum(line.startswith("| ") for line in md) == len(t) + 1  # header + one row per pipeline
-    for name in ("accuracy.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
+    for name in ("accuracy.png", "accuracy_heatmap.png", "confusion_matrix_val.png", "confusion_matrix_test.png"):
         png_size(out / name)
     best_json = read_json(out / "best_model.json", ["classifier", "feature_set", "params", "classes", "val_top1"])
     assert (best_json["classifier"], best_json["feature_set"]) == (result.best_row["classifier"],
@@ -115,6 +121,22 @@ def test_store_without_test_split_and_cli(tmp_path, capsys):
     assert t.test_top1.isna().all() and t.val_top1.notna().all()
     assert "| embeddings | linear_svc |" in (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "confusion_matrix_test.png").exists()
+    err = capsys.readouterr().err
+    assert "classifier fits" in err and "6/6" in err  # the progress bar counts the 3 x 2 fits
+    assert classify.main([str(tmp_path / "store"), "--with", "", "--classifiers", "logreg", "--fast", "--verbose",
+                          "0", "--out", str(tmp_path / "quiet")]) == 0
+    assert "classifier fits" not in capsys.readouterr().err
+
+
+def test_heatmap_is_feature_set_by_classifier(tmp_path):
+    table = pd.DataFrame({"feature_set": ["embeddings", "embeddings", "metadata", "metadata"],
+                          "classifier": ["logreg", "knn", "logreg", "knn"], "val_top1": [0.9, 0.8, 0.3, np.nan]})
+    fig = heatmap_figure(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["embeddings", "metadata"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["logreg", "knn"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.300", "0.800", "0.900"]  # NaN cell left blank
+    png_size(plots.save(fig, tmp_path / "h.png"))
 
 
 def test_linear_svc_scores_rank_by_decision_function():

@@ -44,7 +44,7 @@ def test_class_names_missing(tmp_path, monkeypatch):
         imagenet_class_names()
 
 
-def test_analyse_store(tmp_path, keras_home):
+def test_analyse_store(tmp_path, keras_home, capsys):
     """ImageNet output that encodes the class (label k -> ImageNet indices 100k..100k+19) scores as well as the
     embeddings."""
     rng = np.random.default_rng(0)
@@ -71,6 +71,8 @@ def test_analyse_store(tmp_path, keras_home):
     scores = pd.read_csv(tmp_path / "o" / "similarity.csv").set_index("features")
     assert scores.loc["imagenet_probs", "val_top1"] >= 0.9 and scores.loc["embeddings", "val_top1"] >= 0.9
     assert "## Accuracy on the ImageNet output" in (tmp_path / "o" / "task_similarity.md").read_text()
+    err = capsys.readouterr().err
+    assert "logreg fits" in err and "2/2" in err  # a progress bar over the two fits
 
 
 def test_store_without_probs(tmp_path, keras_home, capsys):

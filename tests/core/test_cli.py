@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,75 @@ def test_command_list_matches_the_package():
     assert found == sorted(COMMANDS)
 
 
-def test_parser_names_the_module():
+def test_parser_names_the_module_or_the_console_script(monkeypatch):
     p = cli.parser("x_cmd", "What it does.")
     assert p.prog == "python -m mame_transfer.x_cmd" and p.description == "What it does."
     assert "usage: python -m mame_transfer.x_cmd" in p.format_usage()
+    # started as a console script (setup.cfg: mame-<command>, dashes for underscores): its own name
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/mame-x-cmd", "--help"])
+    assert cli.parser("x_cmd", "d").prog == "mame-x-cmd"
+    assert cli.parser("x_cmd sub", "d").prog == "mame-x-cmd sub"
+    monkeypatch.setattr(sys, "argv", ["C:\\venv\\Scripts\\mame-x-cmd.exe"])
+    assert cli.parser("x_cmd", "d").prog == "mame-x-cmd"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/mame-other"])  # another script building this parser: the module
+    assert cli.parser("x_cmd", "d").prog == "python -m mame_transfer.x_cmd"
+    # a docstring's first line loses its reST markup and its python -m example
+    assert cli.parser("x", "Compare things: ``python -m mame_transfer.x STORE``.").description == "Compare things."
+    assert cli.parser("x", "Close? ``python -m mame_transfer.x S``.").description == "Close?"
+
+
+def test_list_action_takes_commas_and_spaces(tmp_path):
+    p = cli.parser("x", "t")
+    p.add_argument("--layers", action=cli.ListAction)
+    p.add_argument("--channels", action=cli.ListAction, item_type=int, default=[0, 1])
+    p.add_argument("--images", action=cli.ListAction, keep_paths=True)
+    odd = tmp_path / "a,b.jpg"
+    odd.write_bytes(b"")
+    a = p.parse_args(["--layers", "c1,c2", "c3", "--layers", "c4", "--images", str(odd), "x.jpg,y.jpg"])
+    assert a.layers == ["c1", "c2", "c3", "c4"] and a.channels == [0, 1]
+    assert a.images == [str(odd), "x.jpg", "y.jpg"]  # an existing file whose name holds a comma stays whole
+    assert p.parse_args(["--channels", "5,6", "7"]).channels == [5, 6, 7]  # the default is replaced, not extended
+    with pytest.raises(SystemExit):
+        p.parse_args(["--channels", "1,x"])
+
+
+# renamed flags: (command, argv with the former spellings, expected values) -- docs/options.md lists them
+RENAMED = [
+    ("finetune", ["--cache", "--cache-dtype", "float16"], {"image_cache": True, "prefix_cache_dtype": "float16"}),
+    ("features", ["--model", "R", "--out", "S"], {"model": "R", "run": None}),
+    ("analyze", ["featvis", "--a", "A", "--jitter", "3"], {"jitter_px": 3}),
+    ("prepare", ["--data", "D", "--out", "O", "--no-draft", "--workers", "3", "--quiet"],
+     {"draft": False, "jobs": 3, "verbose": 0}),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", RENAMED, ids=[r[0] for r in RENAMED])
+def test_former_flag_spellings_still_work(name, argv, expected):
+    args = _command(name).build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+    table = (PACKAGE.parent / "docs" / "options.md").read_text().split("## Renamed flags")[1]
+    for flag in (a for a in argv if a.startswith("--") and a not in ("--out", "--data", "--a")):
+        assert f"`{flag}" in table, f"{flag} is not in the renamed-flags table of docs/options.md"
+
+
+def test_list_archs_shows_the_product_backbones_only(capsys):
+    assert _command("finetune").main(["--list-archs"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet"]  # no test_tiny
+
+
+def test_hidden_alias_and_help_formatter():
+    p = cli.parser("x", "t")
+    p.add_argument("--jitter-px", type=int, default=4, help="shift in pixels")
+    cli.hidden_alias(p, "--jitter", dest="jitter_px", type=int)
+    p.add_argument("--size", type=int, help="side (default: the backbone's)")
+    p.add_argument("--mode", choices=("a", "b"), default="a", metavar="MODE", help="the mode")
+    assert p.parse_args(["--jitter", "7"]).jitter_px == 7 and p.parse_args([]).jitter_px == 4
+    text = p.format_help()
+    assert "--jitter " not in text and "--jitter-px JITTER_PX" in text
+    assert "shift in pixels (default: 4)" in text
+    assert "side (default: the backbone's)\n" in text  # the help's own default, not a second "(default: None)"
+    assert "the mode (choices: a, b) (default: a)" in text
 
 
 def test_run_exit_codes_and_messages(capsys):
@@ -107,12 +173,69 @@ def test_choices_list():
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_help_exits_0_with_usage(name, capsys):
+def test_help_exits_0_with_usage(name, capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         _command(name).main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m mame_transfer.{name}"), out[:200]
+    script = "mame-" + name.replace("_", "-")  # as installed by setup.cfg's console_scripts
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}", "--help"])
+    with pytest.raises(SystemExit):
+        _command(name).main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: {script}")
+
+
+def _parsers(name: str):
+    """Every parser of a command: its own, its sub-commands' (and features' projector parser)."""
+    module = _command(name)
+    todo = [module.build_parser()] + ([module.build_projector_parser()] if name == "features" else [])
+    while todo:
+        parser = todo.pop()
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help, f"{parser.prog} {choice.dest}: sub-command without help"
+                todo.extend(action.choices.values())
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_flag_has_help_choices_and_one_default(name):
+    """Every flag says what it does, lists its choices, prints its default at most once and never as None."""
+    for parser in _parsers(name):
+        formatter = parser._get_formatter()
+        visible = {a.dest for a in parser._actions if a.help != argparse.SUPPRESS}
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            if action.help == argparse.SUPPRESS:  # a renamed flag's former spelling, nothing else is hidden
+                assert getattr(action, "alias_of", None) in visible, f"{where}: hidden but not a visible flag's alias"
+                continue
+            assert action.help and action.help.strip(), f"{where}: no help"
+            text = formatter._format_action_invocation(action) + " " + formatter._expand_help(action)
+            for choice in action.choices or ():
+                assert str(choice) in text, f"{where}: choice {choice!r} not listed in {text!r}"
+            assert text.count("(default") <= 1 and "(default: None)" not in text, f"{where}: {text!r}"
+
+
+# every long command (and analyze sub-command) -> the least it needs besides --verbose and --jobs
+LONG_COMMANDS = {"finetune": [], "evaluate": ["RUN"], "tune": [], "features": ["--out", "S"],
+                 "classify": ["--out", "O"], "task_similarity": ["S"], "explore": ["S"],
+                 "prepare": ["--data", "D", "--out", "O"], "ensemble": ["R1", "R2"], "analyze project": ["S"],
+                 "analyze gradcam": ["RUN"], "analyze cka": ["--a", "A"], "analyze maxact": ["--a", "A"],
+                 "analyze featvis": ["--a", "A"]}
+
+
+@pytest.mark.parametrize("command", LONG_COMMANDS)
+def test_long_commands_take_verbose_and_jobs(command):
+    name, _, sub = command.partition(" ")
+    parser = next(p for p in _parsers(name) if p.prog.endswith(f".{name}{' ' + sub if sub else ''}"))
+    args = parser.parse_args(LONG_COMMANDS[command] + ["--verbose", "0", "--jobs", "2"])
+    assert int(args.verbose) == 0 and args.jobs == 2  # (finetune's flags are strings until its config resolves)
+    with pytest.raises(SystemExit):
+        parser.parse_args(LONG_COMMANDS[command] + ["--jobs", "0"])
 
 
 def _missing_path_argv(name: str, missing: Path, tmp: Path) -> list[str]:

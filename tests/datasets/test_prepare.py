@@ -82,5 +82,5 @@ def test_bad_image_is_named_and_others_are_written(small_mame, tmp_path, capsys)
 
 
 def test_class_per_folder_source_is_refused(louvre, tmp_path):
-    with pytest.raises(DataError, match="mame_transfer.data import"):
+    with pytest.raises(DataError, match="mame-data import"):
         prepare(louvre, tmp_path / "x", 64, progress=False)

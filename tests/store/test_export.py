@@ -62,19 +62,55 @@ def test_export_demo_and_resume(tmp_path, demo_root, monkeypatch):
 
 
 def test_export_from_run_layer_and_projector_cli(tmp_path, tiny_run, capsys):
+    from PIL import Image
+
     out = tmp_path / "ft"
-    assert features.main(["--model", str(tiny_run), "--layer", "head_dense_1", "--demo", "--splits", "val",
-                          "--out", str(out), "--verbose", "0"]) == 0
+    assert features.main([str(tiny_run), "--layer", "head_dense_1", "--demo", "--splits", "val",
+                          "--out", str(out), "--verbose", "0"]) == 0  # the run is the positional RUN
     store = load_store(out)
     assert store.manifest["layer"] == "head_dense_1" and store.manifest["run"] == str(tiny_run.resolve())
     assert store.embeddings("val").shape == (60, 16)
-    assert features.main(["projector", str(out), "--split", "val", "--out", str(tmp_path / "proj")]) == 0
+    assert features.main(["projector", str(out), "--split", "val", "--out", str(tmp_path / "proj"),
+                          "--verbose", "0"]) == 0
     vectors = np.loadtxt(tmp_path / "proj" / "vectors.tsv", delimiter="\t")
     meta = pd.read_csv(tmp_path / "proj" / "metadata.tsv", sep="\t")
     assert vectors.shape == (60, 16) and len(meta) == 60 and meta.columns[0] == "image"
     np.testing.assert_allclose(vectors, store.embeddings("val"), rtol=1e-4, atol=1e-6)
+    # the sprite: 60 thumbnails of 64 px in an 8 x 8 grid, row i = image i, declared in the Projector config
+    with Image.open(tmp_path / "proj" / "sprite.jpg") as sprite:
+        assert sprite.size == (8 * 64, 8 * 64)
+        first = np.asarray(sprite.crop((0, 0, 64, 64)), dtype=float)
+        blank = np.asarray(sprite.crop((4 * 64, 7 * 64, 5 * 64, 8 * 64)), dtype=float)  # cell 60: none
+    with Image.open(store.metadata("val")["path"].iloc[0]) as im:
+        expected = np.asarray(im.convert("RGB").resize((64, 64)), dtype=float)
+    assert np.abs(first - expected).mean() < 25 and blank.min() > 240  # the first artwork; white after the last
+    config = (tmp_path / "proj" / "projector_config.pbtxt").read_text()
+    assert 'image_path: "sprite.jpg"' in config and config.count("single_image_dim: 64") == 2
+    # the run's former flag still works
     assert features.main(["--model", str(tiny_run), "--layer", "nope", "--demo", "--out", str(tmp_path / "x")]) == 2
     assert "has no layer 'nope'" in capsys.readouterr().err
+    assert features.main([str(tiny_run), "--model", str(tmp_path), "--demo", "--out", str(tmp_path / "x")]) == 2
+    assert "two runs given" in capsys.readouterr().err
+
+
+def test_projector_sprite_placeholders_and_size_limit(tmp_path, tiny_run):
+    from PIL import Image
+
+    from mame_transfer.core.errors import ConfigError
+    from mame_transfer.store.projector import SPRITE_MAX, sprite_image, sprite_layout
+
+    good = tmp_path / "red.jpg"
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(good)
+    with pytest.warns(UserWarning, match="1 of 2 images could not be read.*missing.jpg"):
+        sheet, side = sprite_image([str(good), str(tmp_path / "missing.jpg")], 16)
+    assert sheet.size == (32, 16) and side == 16
+    pixels = np.asarray(sheet, dtype=int)
+    # aspect kept: a red band in the middle of a white square; the unreadable image: a grey square (JPEG values)
+    assert np.abs(pixels[8, 8] - (255, 0, 0)).max() < 8 and pixels[0, 0].min() > 245
+    assert np.abs(pixels[8, 24] - 190).max() < 8
+    assert sprite_layout(37407, 64) == (194, SPRITE_MAX // 194)  # all of MAMe: thumbnails shrink to 42 px
+    with pytest.raises(ConfigError, match="pass --no-sprite"):
+        sprite_layout(2_000_000)
 
 
 def test_export_imagenet_probs_real_weights(tmp_path, demo_root, keras_home):

@@ -59,7 +59,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     assert preds["true"].isin(list(classes)).all() and preds["predicted"].isin(list(classes)).all()
     pd.testing.assert_frame_equal(preds, pd.read_csv(tiny_run / "predictions_test.csv"))
     log = (tiny_run / "run.log").read_text()
-    assert "phase 1: epochs 1-" in log and "val: top-1" in log and "test: top-1" in log
+    assert "phase 1: epochs 1-" in log and "val: n=60  top-1" in log and "test: n=90  top-1" in log
     # The resolved config reproduces the run: auto values are filled in.
     config = load_run(tiny_run)[1]
     assert config.freeze_until == backbones.get("test_tiny").default_freeze and config.image_size == 32

@@ -113,3 +113,22 @@ def test_real_weights_mobilenet_trains_on_demo(keras_home, tmp_path, demo_root):
                           "--no-augment"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val"]["top1"] > 2 / 6  # chance is 1/6
+
+
+def test_tensorboard_logs_and_missing_package(tmp_path, demo_root, monkeypatch, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert finetune.main(TINY + ["--epochs", "2", "--tensorboard", "--out", str(out)]) == 0
+    for split, expected in (("train", {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"}),
+                            ("validation", {"epoch_loss", "epoch_accuracy"})):
+        acc = EventAccumulator(str(out / "tensorboard" / split))
+        acc.Reload()
+        assert expected <= set(acc.Tags()["tensors"]), acc.Tags()
+        assert [e.step for e in acc.Tensors("epoch_loss")] == [0, 1]  # one point per epoch
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed: stop before training
+    assert finetune.main(TINY + ["--epochs", "1", "--tensorboard", "--out", str(tmp_path / "x")]) == 2
+    assert "pip install 'mame_transfer[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+

@@ -68,6 +68,40 @@ def test_search_without_tensorboard_resume_and_best_yaml(two_class_set, tmp_path
     assert len(list((out / "kt").glob("trial_*/checkpoint*"))) == 1
 
 
+def _tensorboard_tags(folder: Path) -> dict[str, set[str]]:
+    """``{event folder relative to folder: summary tags}`` of every TensorBoard event file under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for events in folder.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        found = acc.Tags()
+        tags[events.parent.relative_to(folder).as_posix()] = set(found["tensors"]) | set(found["scalars"])
+    return tags
+
+
+def test_tensorboard_logs_with_hparams(two_class_set, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    spec_file = search_yaml(tmp_path / "s.yaml", max_trials=1)
+    out = tmp_path / "search"
+    assert tune.main(["--config", str(spec_file), "--data", str(two_class_set), "--out", str(out), "--verbose", "0",
+                      "--tensorboard"]) == 0
+    trial = pd.read_csv(out / "trials.csv")["trial"].astype(str).iloc[0]
+    tags = _tensorboard_tags(out / "tensorboard")
+    assert {"epoch_loss", "epoch_accuracy"} <= tags[f"{trial}/execution0/train"]
+    assert {"epoch_loss", "epoch_accuracy"} <= tags[f"{trial}/execution0/validation"]
+    # KerasTuner's HParams record of the trial: TensorBoard's HParams tab lists lr, l2, dropout, head
+    hparams = next(t for folder, t in tags.items() if any(tag.startswith("_hparams_") for tag in t))
+    assert "_hparams_/session_start_info" in hparams
+    # without the package: a clear error before any trial, naming the extra to install
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert tune.main(["--config", str(spec_file), "--data", str(two_class_set), "--out", str(tmp_path / "x"),
+                      "--tensorboard"]) == 2
+    assert "pip install 'mame_transfer[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_failing_trials_abort_with_a_clear_message(two_class_set, tmp_path, monkeypatch, capsys):
     def boom(self, conf):
         raise RuntimeError("decoder exploded")
