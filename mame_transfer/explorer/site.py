@@ -113,10 +113,12 @@ def thumb_rel(i: int) -> str:
 def _thumb(src: str, dst: Path, size: int) -> str | None:
     from PIL import Image
 
+    from mame_transfer.datasets.images import to_rgb8
+
     try:
         with Image.open(src) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for large files
-            img = img.convert("RGB")
+            img = to_rgb8(img)  # 16-bit TIFF/PNG scaled, not clipped
             img.thumbnail((size, size))
             img.save(dst, "JPEG", quality=80)
         return None

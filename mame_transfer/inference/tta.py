@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.datasets.images import decode_rgb
 
 MODES = ("none", "flip", "patches")
 DEFAULT_SCALES = (1.0, 0.7, 0.5)
@@ -81,7 +82,10 @@ def _decode(path: str, max_short_side: int):
     """Decode an image (float32 0..255); shrink it (antialiased) so its short side is at most ``max_short_side``."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image, ok = decode_rgb(tf.io.read_file(path), path)
+    if not bool(ok):
+        raise DataError(f"cannot decode image file {path} (empty, truncated or not JPEG/PNG/TIFF/WebP); "
+                        "run `python -m mame_transfer.data check`")
     h, w = int(image.shape[0]), int(image.shape[1])
     image = tf.cast(image, tf.float32)
     if min(h, w) > max_short_side:

@@ -112,12 +112,13 @@ def train(config: TrainConfig) -> Path:
     config = runs.resolved_config(config.validate())
     methods.check_config(config)
     keras.utils.set_random_seed(config.seed)
-    dataset = runs.dataset_for(config)
+    final, work, resuming = runs.find_work_dir(config)
+    # A resumed run on flat class folders keeps the split it started with (images may have been added since).
+    dataset = runs.dataset_for(config, run_dir=work if resuming else None)
     classes = dataset.classes
     train_t, val_t = dataset.split("train"), dataset.split("val")
 
-    final, work, resuming = runs.find_work_dir(config)
-    runs.start(work, config, dataset.class_index)
+    runs.start(work, config, dataset)
     handler = _log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
