@@ -34,7 +34,8 @@ def budget_hw(height: float, width: float, pixels: int, multiple: int = MULTIPLE
     return h, w
 
 
-def _budget_tf(shape, pixels: int, multiple: int = MULTIPLE):
+def budget_hw_tf(shape, pixels: int, multiple: int = MULTIPLE):
+    """In-graph :func:`budget_hw` of an image ``shape`` (``(height, width, ...)``): int32 ``(h, w)``."""
     import tensorflow as tf
 
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -53,7 +54,7 @@ def load_to_budget(path, pixels: int):
     import tensorflow as tf
 
     image, ok = decode_rgb(tf.io.read_file(path), path)
-    nh, nw = _budget_tf(tf.shape(image), pixels)
+    nh, nw = budget_hw_tf(tf.shape(image), pixels)
     image = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=True)
     image.set_shape((None, None, 3))
     return tf.cast(image, tf.float32), ok
