@@ -106,7 +106,8 @@ class Classifier:
 
         Args:
             inputs: a path (image file, folder, CSV / text list of paths), a uint8 array (one ``(H, W, 3)`` image
-                or a ``(n, H, W, 3)`` batch), or a sequence of those. Arrays are named ``array[i]`` in ``path``.
+                or a ``(n, H, W, 3)`` batch), or a sequence of those. Arrays are named ``array[i]`` in ``path``;
+                a path that does not exist gets a row with ``file not found`` in ``errors``.
             top_k: how many classes per image (most probable first).
             tta: ``none``, ``flip`` (mean with the mirror image) or ``patches`` (multi-patch scoring).
             batch_size: images per forward pass (default: the run's).
@@ -140,7 +141,9 @@ class Classifier:
                 names.append(f"array[{len(names)}]")
                 items.append(_as_image(item, names[-1]))
             elif isinstance(item, (str, os.PathLike)):
-                paths = collect_inputs([item])
+                # A path that does not exist is labelled as such (its row's errors say "file not found"), as a
+                # missing file named in a list is: a long list of paths should not fail on one of them.
+                paths = collect_inputs([item]) if os.path.exists(item) else [str(item)]
                 names += paths
                 items += paths
             else:
