@@ -86,6 +86,8 @@ class Classifier:
         config: the run's resolved ``TrainConfig``.
         classes: class names in output order.
         run_dir: the run directory it was loaded from.
+
+    One prediction at a time per object (its ``tf.data`` pipeline is built once and reused).
     """
 
     def __init__(self, model, config, classes: Sequence[str], run_dir: str | os.PathLike | None = None):
@@ -97,6 +99,8 @@ class Classifier:
         self.image_size = int(config.image_size or model.input_shape[1])
         self.variable = config.shape == "variable"
         self._graph = None
+        self._pipelines: dict = {}  # batch size -> tf.data pipeline over self._feed (one iteration at a time)
+        self._feed: tuple[Sequence[str], int] = ([], 0)
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -192,9 +196,8 @@ class Classifier:
         for i in range(start, len(items)):
             yield i, *found[i]
 
-    # ------------------------------------------------------------------------------------------ internals
-
-    def _forward(self, x, flip: bool) -> np.ndarray:
+    def forward(self, x, flip: bool = False) -> np.ndarray:
+        """Probabilities of a batch of preprocessed images (one traced graph for every batch size)."""
         import tensorflow as tf
 
         if self._graph is None:  # one trace for every batch size
@@ -206,13 +209,21 @@ class Classifier:
             proba = (proba + np.asarray(self._graph(tf.reverse(x, axis=[2])), dtype=np.float64)) / 2.0
         return proba.astype(np.float32)
 
-    def _stream_paths(self, paths: Sequence[str], start: int, batch_size: int, flip: bool):
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _path_batches(self, batch_size: int):
+        """The ``tf.data`` pipeline of ``(indices, preprocessed images)`` over ``self._feed``, built once per batch
+        size: its functions are traced once, not on every call (about a second each time on two cores)."""
         import tensorflow as tf
 
         from mame_transfer.datasets.pipeline import load_image
         from mame_transfer.datasets.varshape import load_to_budget
 
-        def existing():  # a missing file is reported below, without TensorFlow logging a NotFound error
+        if batch_size in self._pipelines:
+            return self._pipelines[batch_size]
+
+        def existing():  # a missing file is reported by the caller, without TensorFlow logging a NotFound error
+            paths, start = self._feed
             for i in range(start, len(paths)):
                 if os.path.isfile(paths[i]):
                     yield i, paths[i]
@@ -234,14 +245,25 @@ class Classifier:
         autotune = tf.data.AUTOTUNE
         ds = tf.data.Dataset.from_generator(existing, output_signature=(tf.TensorSpec((), tf.int64),
                                                                         tf.TensorSpec((), tf.string)))
-        # ignore_errors drops a file that looked whole but failed to decode; its index is missing below.
+        # ignore_errors drops a file that looked whole but failed to decode; its index is missing in the output.
         ds = ds.map(load, num_parallel_calls=autotune, deterministic=True).ignore_errors()
         ds = ds.filter(readable).map(without_flag)
         ds = ds.batch(1 if self.variable else batch_size)  # variable shapes: each image at its own size
         ds = ds.map(preprocessed, num_parallel_calls=autotune).prefetch(autotune)
+        self._pipelines[batch_size] = ds
+        return ds
+
+    def image_batches(self, paths: Sequence[str], batch_size: int, start: int = 0):
+        """The input side alone: ``(indices, preprocessed images)`` batches of the readable files of
+        ``paths[start:]``, in order (an unreadable file's index is missing). Iterate it before the next call."""
+        ds = self._path_batches(batch_size)
+        self._feed = (paths, start)  # read by the pipeline's generator when an iteration starts
+        return ds
+
+    def _stream_paths(self, paths: Sequence[str], start: int, batch_size: int, flip: bool):
         pointer = start
-        for index, x in ds:
-            for j, proba in zip(index.numpy(), self._forward(x, flip)):
+        for index, x in self.image_batches(paths, batch_size, start):
+            for j, proba in zip(index.numpy(), self.forward(x, flip)):
                 for skipped in range(pointer, int(j)):
                     yield skipped, None, unreadable_reason(paths[skipped])
                 yield int(j), proba, None
@@ -264,9 +286,9 @@ class Classifier:
         import tensorflow as tf
 
         if self.variable:
-            return [self._forward(self.preprocess(self._resized(a)[None]), flip)[0] for a in images]
+            return [self.forward(self.preprocess(self._resized(a)[None]), flip)[0] for a in images]
         batch = tf.stack([self._resized(a) for a in images])
-        return list(self._forward(self.preprocess(batch), flip))
+        return list(self.forward(self.preprocess(batch), flip))
 
     def _patch_scores(self, items: Sequence, start: int, scales, power: float, batch_size: int):
         import tensorflow as tf
@@ -290,7 +312,7 @@ class Classifier:
             else:
                 image = tf.constant(item)
             patches = tta_mod.image_patches(tta_mod.shrink(image, max_short), self.image_size, scales)
-            proba = np.concatenate([self._forward(self.preprocess(patches[k:k + batch_size]), False)
+            proba = np.concatenate([self.forward(self.preprocess(patches[k:k + batch_size]), False)
                                     for k in range(0, int(patches.shape[0]), batch_size)])
             yield i, tta_mod.aggregate_patch_scores(proba, power).astype(np.float32), None
 
