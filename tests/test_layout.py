@@ -26,7 +26,7 @@ FLOORS = {
     "models": 2,
     "inference": 3,
     "training": 4,
-    "tuning": 5, "store": 5,
+    "tuning": 5, "store": 5, "deploy": 5,
     "classifiers": 6, "analysis": 6, "explorer": 6,
 }
 TOP_FLOOR = 7  # the command modules and mame_transfer/__init__.py

@@ -126,3 +126,43 @@ def search_yaml(path: Path, *, algorithm="random", max_trials=2, extra_base="", 
           head: {{values: ['512,256', '16']}}
         """))
     return path
+
+
+def make_flat(root: Path, classes=("cats", "dogs"), per_class=10, ext=".jpg") -> Path:
+    """Flat class folders ``<root>/<class>/<class>_<n><ext>`` of noise images (``per_class`` an int or a dict)."""
+    n = 0
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        count = per_class[cls] if isinstance(per_class, dict) else per_class
+        for _ in range(count):
+            n += 1
+            fmt = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF"}.get(ext, "JPEG")
+            (root / cls / f"{cls}_{n}{ext}").write_bytes(jpeg_bytes(30 + n % 7, 24 + n % 5, n, fmt))
+    return root
+
+
+def tiff16_bytes(pixels: np.ndarray) -> bytes:
+    """An uncompressed little-endian TIFF with 16 bits per sample, grey ``(h, w)`` or RGB ``(h, w, 3)``.
+
+    Written by hand because Pillow cannot save 16-bit RGB; museum masters are often such files.
+    """
+    import struct
+
+    h, w = pixels.shape[:2]
+    spp = 1 if pixels.ndim == 2 else pixels.shape[2]
+    data = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    n_tags = 10
+    extra_at = 8 + 2 + n_tags * 12 + 4
+    extra = struct.pack("<" + "H" * spp, *([16] * spp)) if spp > 1 else b""
+    data_at = extra_at + len(extra)
+
+    def short(tag, value, count=1):
+        return struct.pack("<HHIHH", tag, 3, count, value, 0)
+
+    def long(tag, value):
+        return struct.pack("<HHII", tag, 4, 1, value)
+
+    bits = struct.pack("<HHII", 258, 3, spp, extra_at) if spp > 1 else short(258, 16)
+    tags = [long(256, w), long(257, h), bits, short(259, 1), short(262, 2 if spp == 3 else 1), long(273, data_at),
+            short(277, spp), long(278, h), long(279, len(data)), short(284, 1)]
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", n_tags) + b"".join(tags) + b"\x00" * 4 + extra + data

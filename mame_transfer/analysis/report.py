@@ -52,11 +52,11 @@ def thumb_uri(path: str | Path, size: int = 150) -> str | None:
     """A JPEG thumbnail of an image file as a data URI (None when the file cannot be read)."""
     from PIL import Image
 
-    from mame_transfer.datasets.images import to_rgb
+    from mame_transfer.datasets.images import to_rgb8
 
     try:
         with Image.open(path) as im:
-            im = to_rgb(im)
+            im = to_rgb8(im)
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)

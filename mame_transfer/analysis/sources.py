@@ -161,7 +161,7 @@ def load_table(*, data: str | None = None, source: ModelSource | None = None, sp
     elif source is not None and source.config is not None:
         config = source.config
         config.check_images = False
-        dataset = dataset_for(config, require=(split,))
+        dataset = dataset_for(config, require=(split,), run_dir=source.run_dir)
     else:
         raise ConfigError("no images to analyse: pass --data PATH (a dataset folder) or a run directory model")
     return dataset.split(split), list(dataset.classes)
@@ -219,10 +219,10 @@ def thumbnail(path: str, size: int = 96) -> np.ndarray:
     """A square RGB uint8 thumbnail of an image file (centre-padded), for grids and the report."""
     from PIL import Image
 
-    from mame_transfer.datasets.images import to_rgb
+    from mame_transfer.datasets.images import to_rgb8
 
     with Image.open(path) as im:
-        im = to_rgb(im)
+        im = to_rgb8(im)
         im.thumbnail((size, size))
         canvas = Image.new("RGB", (size, size), (255, 255, 255))
         canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))

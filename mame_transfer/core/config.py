@@ -34,6 +34,9 @@ class TrainConfig:
     images: str | None = _f(None, "MAMe layout: image folder, when not <data>/data_256 or <data>/data")
     museum: str | None = _f(None, "class-per-folder sets: value of the Museum column (default 'unknown')")
     check_images: bool = _f(True, "check every image header before training and report all bad files")
+    val_fraction: float = _f(0.15, "flat class folders (<data>/<class>/*): share of each class held out for validation")
+    test_fraction: float = _f(0.15, "flat class folders: share of each class held out for testing (0 = no test split)")
+    split_seed: int = _f(0, "flat class folders: seed of the stratified split (recorded in <run>/splits.csv)")
     # --- model
     arch: str = _f("vgg16", "backbone (see --list-archs)")
     alpha: float = _f(1.0, "MobileNet width multiplier (0.25, 0.5, 0.75, 1.0)")
@@ -126,6 +129,10 @@ class TrainConfig:
             raise ConfigError(f"l2 must be >= 0. Received: l2={self.l2}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs). Received: warmup_epochs={self.warmup_epochs}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
+                self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), test_fraction in [0, 1), their sum below 1. "
+                              f"Received: val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
         if not self.demo and not self.data:
             raise ConfigError("no dataset given: pass --data PATH (MAMe folder or class-per-folder set) or --demo")
         return self

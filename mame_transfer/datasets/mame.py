@@ -197,7 +197,7 @@ def _validate_rows(
     bad(image.eq("").to_numpy(), image, "with an empty 'Image file'", "Give each row its image file name.")
     ext_ok = image.str.lower().str.endswith(IMAGE_EXTENSIONS)
     bad((~ext_ok & image.ne("")).to_numpy(), image, "with an unsupported image extension",
-        "Image files must end in .jpg, .jpeg or .png.")
+        f"Image files must end in {', '.join(IMAGE_EXTENSIONS)}.")
     bad(image.duplicated(keep=False).to_numpy() & image.ne("").to_numpy(), image, "naming the same image file",
         "Each image must appear once; remove the duplicate rows.")
     bad(image.map(_leaves_folder).to_numpy(), image, "whose 'Image file' leaves the image folder",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError
-from mame_transfer.datasets.images import DECODE_FAILED, looks_complete
+from mame_transfer.datasets.images import DECODE_FAILED, decode_rgb, looks_complete
 
 
 def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -21,48 +21,58 @@ def _image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: bool = False):
-    """Read, decode and resize one image to a fixed shape (FS): float32 ``(H, W, 3)`` in 0..255.
+def load_image(path_tensor, image_size: int | Sequence[int], dct_ratio: bool = False):
+    """Read, decode and resize one image to a fixed shape (FS): ``(float32 (H, W, 3) in 0..255, ok)``.
 
-    A file that is empty, truncated or not an image fails with an ``InvalidArgumentError`` naming it
-    (checked in-graph, no ``tf.py_function``); :func:`check_images` catches such files before training.
-    With ``dct_ratio`` a JPEG at least twice the target size is decoded at 1/2, 1/4 or 1/8 scale in the DCT
-    domain (``decode_jpeg(ratio=...)``, never below the target size) before the antialiased resize.
+    Never raises for an unreadable file: ``ok`` is False (and the image black) for a file that is empty, truncated
+    or not an image (:func:`~mame_transfer.datasets.images.decode_rgb`), so a caller can skip it; a missing file
+    still raises ``NotFoundError``. With ``dct_ratio`` a JPEG at least twice the target size is decoded at 1/2,
+    1/4 or 1/8 scale in the DCT domain (``decode_jpeg(ratio=...)``, never below the target size) before the
+    antialiased resize.
     """
     import tensorflow as tf
 
     height, width = _image_hw(image_size)
     data = tf.io.read_file(path_tensor)
-    check = tf.debugging.Assert(
-        looks_complete(data),
-        [f"{DECODE_FAILED}; run `python -m mame_transfer.data check`:", path_tensor],
-    )
-    with tf.control_dependencies([check]):
-        if dct_ratio:
-            image = _decode_scaled(data, height, width)
-        else:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    if dct_ratio:
+        whole_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff") & looks_complete(data)
+        image, ok = tf.cond(whole_jpeg, lambda: (_decode_scaled(data, height, width), tf.constant(True)),
+                            lambda: decode_rgb(data, path_tensor))
+    else:
+        image, ok = decode_rgb(data, path_tensor)
     # Antialiasing matters when shrinking the full-resolution MAMe images (median ~2700 px) to ~224.
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
     image.set_shape((height, width, 3))
-    return tf.cast(image, tf.float32)
+    return tf.cast(image, tf.float32), ok
+
+
+def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: bool = False):
+    """Read, decode and resize one image to a fixed shape (FS): float32 ``(H, W, 3)`` in 0..255.
+
+    A file that is empty, truncated or not an image fails with an ``InvalidArgumentError`` naming it
+    (checked in-graph, no ``tf.py_function``); :func:`check_images` catches such files before training.
+    JPEG, PNG, WebP, GIF and BMP are decoded by TensorFlow, TIFF by Pillow (16-bit scaled to 8-bit).
+    ``dct_ratio``: see :func:`load_image`.
+    """
+    import tensorflow as tf
+
+    image, ok = load_image(path_tensor, image_size, dct_ratio)
+    check = tf.debugging.Assert(
+        ok,
+        [f"{DECODE_FAILED}; run `python -m mame_transfer.data check`:", path_tensor],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
 
 
 def _decode_scaled(data, height: int, width: int):
-    """Decode with the largest JPEG DCT scale-down (8, 4, 2, 1) keeping both sides >= the target."""
+    """Decode a JPEG with the largest DCT scale-down (8, 4, 2, 1) keeping both sides >= the target."""
     import tensorflow as tf
 
-    def jpeg_ratio():
-        shape = tf.image.extract_jpeg_shape(data)
-        fit = tf.minimum(shape[0] // height, shape[1] // width)
-        return tf.where(fit >= 8, 3, tf.where(fit >= 4, 2, tf.where(fit >= 2, 1, 0)))
-
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    branch = tf.cond(is_jpeg, jpeg_ratio, lambda: tf.constant(-1))
-    return tf.switch_case(branch + 1, [
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
-        *[lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)],
-    ])
+    shape = tf.image.extract_jpeg_shape(data)
+    fit = tf.minimum(shape[0] // height, shape[1] // width)
+    branch = tf.where(fit >= 8, 3, tf.where(fit >= 4, 2, tf.where(fit >= 2, 1, 0)))
+    return tf.switch_case(branch, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
 
 
 def _rotate(images, angles):

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from mame_transfer.core.errors import DataError, OutputError
 from mame_transfer.core.fileio import check_output, locked, mark, owner, write_json
-from mame_transfer.datasets.images import to_rgb
+from mame_transfer.datasets.images import to_rgb8
 
 MARKER = ".prepare.json"
 QUALITY = 95
 KIND = "prepared-dataset"  # the owner kind of a prepare output folder
+OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}  # else JPEG
+SAVE_OPTIONS = {"PNG": {}, "TIFF": {"compression": "tiff_deflate"}, "WEBP": {"quality": QUALITY}}
 
 
 def target_size(width: int, height: int, size: int, keep_aspect: bool) -> tuple[int, int]:
@@ -44,21 +46,23 @@ def resize_file(src: str, dst: str, size: int, *, keep_aspect: bool = False, dra
     """Decode ``src``, resize it and write ``dst`` atomically; returns the source ``(width, height)``."""
     from PIL import Image
 
+
     with Image.open(src) as im:
         w0, h0 = im.size
         tw, th = target_size(w0, h0, size, keep_aspect)
         if draft and im.format == "JPEG":
             # libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, keeping both sides >= the requested size.
             im.draft("RGB", (tw, th))
-        im = to_rgb(im)
+        im = to_rgb8(im)  # 16-bit TIFF/PNG masters scaled, not clipped
         if im.size != (tw, th):
             im = im.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
         dst_path = Path(dst)
         dst_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst_path.with_name(f".{dst_path.name}.{os.getpid()}.tmp")
         try:
-            fmt = "PNG" if dst_path.suffix.lower() == ".png" else "JPEG"
-            im.save(tmp, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+            # The copy keeps each file's name (the CSV is copied unchanged), so also its format.
+            fmt = OUTPUT_FORMATS.get(dst_path.suffix.lower(), "JPEG")
+            im.save(tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {"quality": quality}))
             os.replace(tmp, dst_path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -119,9 +123,11 @@ def prepare(data: str | os.PathLike, out: str | os.PathLike, size: int = 256, *,
 
     if size < 8:
         raise DataError(f"--size must be at least 8 pixels. Received: size={size}")
-    if detect_layout(data) != "mame":
-        raise DataError(f"{data} is a class-per-folder set; convert it first with `mame-data "
-                        f"import {data} --out DIR`, then prepare DIR.")
+    layout = detect_layout(data)
+    if layout != "mame":
+        what, how = ("flat class folders", "split") if layout == "flat" else ("a class-per-folder set", "import")
+        raise DataError(f"{data} is {what}; convert it first with `mame-data {how} {data} "
+                        f"--out DIR`, then prepare DIR.")
     dataset = read_mame(data, images=images, check_files=False)
     out = Path(os.path.abspath(out))
     src_root = Path(dataset.image_root)

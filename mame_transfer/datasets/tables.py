@@ -36,7 +36,8 @@ METADATA_DIRS = ("MAMe_metadata", "metadata")
 
 # data_256 first: it is the release's 256 px copy, the one meant for training.
 IMAGE_DIRS = ("data_256", "data")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
+EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)  # for messages: .jpg/.jpeg/.png/...
 
 TABLE_COLUMNS = [
     "image",
@@ -55,9 +56,11 @@ TABLE_COLUMNS = [
 UNKNOWN_MUSEUM = "unknown"
 
 LAYOUTS_HELP = (
-    "Expected either the MAMe layout (ROOT/MAMe_metadata/MAMe_dataset.csv [+ MAMe_labels.csv], or the CSV "
-    "directly in ROOT, with images in ROOT/data_256/ or ROOT/data/) or a class-per-folder layout "
-    "(ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg, optionally ROOT/test/<class>/*.jpg)."
+    "Expected the MAMe layout (ROOT/MAMe_metadata/MAMe_dataset.csv [+ MAMe_labels.csv], or the CSV "
+    "directly in ROOT, with images in ROOT/data_256/ or ROOT/data/), a class-per-folder layout split into "
+    "ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg [, ROOT/test/<class>/*.jpg], flat class folders "
+    "ROOT/<class>/*.jpg (split by --val-fraction/--test-fraction/--split-seed), or a split list CSV with "
+    "columns file,label,subset (e.g. a run's splits.csv)."
 )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.datasets.images import DECODE_FAILED, decode_rgb
 
 MULTIPLE = 32
 ASPECT_BINS = (0.25, 0.5, 0.8, 1.25, 2.0, 4.0)  # bin edges of width / height
@@ -33,7 +34,8 @@ def budget_hw(height: float, width: float, pixels: int, multiple: int = MULTIPLE
     return h, w
 
 
-def _budget_tf(shape, pixels: int, multiple: int = MULTIPLE):
+def budget_hw_tf(shape, pixels: int, multiple: int = MULTIPLE):
+    """In-graph :func:`budget_hw` of an image ``shape`` (``(height, width, ...)``): int32 ``(h, w)``."""
     import tensorflow as tf
 
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -43,15 +45,29 @@ def _budget_tf(shape, pixels: int, multiple: int = MULTIPLE):
     return nh, nw
 
 
-def decode_to_budget(path, pixels: int):
-    """Read, decode and resize (antialiased, aspect kept) one image to about ``pixels`` pixels: float32 0..255."""
+def load_to_budget(path, pixels: int):
+    """Read, decode and resize (antialiased, aspect kept) one image to about ``pixels`` pixels.
+
+    Returns:
+        ``(float32 (h, w, 3) in 0..255, ok)``; ``ok`` is False for an unreadable file (see ``images.decode_rgb``).
+    """
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    nh, nw = _budget_tf(tf.shape(image), pixels)
+    image, ok = decode_rgb(tf.io.read_file(path), path)
+    nh, nw = budget_hw_tf(tf.shape(image), pixels)
     image = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear", antialias=True)
     image.set_shape((None, None, 3))
-    return tf.cast(image, tf.float32)
+    return tf.cast(image, tf.float32), ok
+
+
+def decode_to_budget(path, pixels: int):
+    """:func:`load_to_budget` that fails with an error naming an unreadable file: float32 0..255."""
+    import tensorflow as tf
+
+    image, ok = load_to_budget(path, pixels)
+    check = tf.debugging.Assert(ok, [f"{DECODE_FAILED}; run `python -m mame_transfer.data check`:", path])
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
 
 
 def aspect_bin(image) -> "tf.Tensor":  # noqa: F821

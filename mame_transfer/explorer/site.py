@@ -26,7 +26,7 @@ import pandas as pd
 
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path, check_output, locked, write_json
-from mame_transfer.datasets.images import to_rgb
+from mame_transfer.datasets.images import to_rgb8
 from mame_transfer.explorer.neighbours import (
     BLOCK,
     PCA_DIM,
@@ -115,10 +115,11 @@ def thumb_rel(i: int) -> str:
 def _thumb(src: str, dst: Path, size: int) -> str | None:
     from PIL import Image
 
+
     try:
         with Image.open(src) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for large files
-            img = to_rgb(img)
+            img = to_rgb8(img)  # 16-bit TIFF/PNG scaled, not clipped
             img.thumbnail((size, size))
             img.save(dst, "JPEG", quality=80)
         return None

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.datasets.images import decode_rgb
 
 MODES = ("none", "flip", "patches")
 DEFAULT_SCALES = (1.0, 0.7, 0.5)
@@ -77,15 +78,30 @@ def aggregate_patch_scores(patch_proba: np.ndarray, power: float = 5.0) -> np.nd
     return score / total if total > 0 else np.full_like(score, 1.0 / len(score))
 
 
-def _decode(path: str, max_short_side: int):
-    """Decode an image (float32 0..255); shrink it (antialiased) so its short side is at most ``max_short_side``."""
+def _decode(path: str, max_short: int):
+    """Decode an image (float32 0..255); shrink it (antialiased) so its short side is at most ``max_short``."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image, ok = decode_rgb(tf.io.read_file(path), path)
+    if not bool(ok):
+        raise DataError(f"cannot decode image file {path} (empty, truncated or not JPEG/PNG/TIFF/WebP); "
+                        "run `python -m mame_transfer.data check`")
+    return shrink(image, max_short)
+
+
+def max_short_side(image_size: int, scales: Sequence[float]) -> int:
+    """The short side images are first shrunk to: the smallest patch is then about the network's input size."""
+    return int(np.ceil(image_size / min(parse_scales(scales))))
+
+
+def shrink(image, max_short: int):
+    """A decoded ``(H, W, 3)`` image as float32, shrunk (antialiased) so its short side is at most ``max_short``."""
+    import tensorflow as tf
+
     h, w = int(image.shape[0]), int(image.shape[1])
     image = tf.cast(image, tf.float32)
-    if min(h, w) > max_short_side:
-        f = max_short_side / min(h, w)
+    if min(h, w) > max_short:
+        f = max_short / min(h, w)
         image = tf.image.resize(image, (max(1, round(h * f)), max(1, round(w * f))), antialias=True)
     return image
 
@@ -109,7 +125,7 @@ def predict_patches(model, table: pd.DataFrame, *, preprocess, image_size: int, 
     # One traced function for every chunk size (model.predict would retrace on each new final-batch size).
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     # No detail is lost by first shrinking so that the smallest patch is about the network's input size.
-    max_short = int(np.ceil(image_size / min(scales)))
+    max_short = max_short_side(image_size, scales)
     out = []
     pending: list[tuple[int, int]] = []  # (row, number of patches) waiting in the buffer
     buffer: list = []

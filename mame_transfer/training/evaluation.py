@@ -35,13 +35,17 @@ ENSEMBLE_KIND = "ensemble"
 
 
 def split_table(config, classes: Sequence[str], split: str, *, data_path: str | None = None,
-                toy: bool | None = None, source: str = "") -> pd.DataFrame:
-    """Rows of ``split`` of a run's own dataset (or of ``data_path``), labels indexed by the run's classes."""
+                toy: bool | None = None, source: str = "", run_dir: str | Path | None = None) -> pd.DataFrame:
+    """Rows of ``split`` of a run's own dataset (or of ``data_path``), labels indexed by the run's classes.
+
+    ``run_dir``: the run, whose recorded ``splits.csv`` is used when its data were flat class folders.
+    """
     if data_path:
         config.data, config.demo = str(data_path), False
+        run_dir = None
     if toy is not None:
         config.toy = toy
-    table = runs.dataset_for(config, require=(split,)).split(split)
+    table = runs.dataset_for(config, require=(split,), run_dir=run_dir).split(split)
     return align_to_classes(table, classes, source or str(config.data or "demo"))
 
 
@@ -66,7 +70,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_path: str | N
         claim(out, EVALUATION_KIND, additive=True, what="folder of evaluations", command="evaluate",
               legacy=lambda p: _only_split_files(p, (runs.METRICS,)))
     model, config, classes = runs.load_run(run_dir)
-    table = split_table(config, classes, split, data_path=data_path, toy=toy)
+    table = split_table(config, classes, split, data_path=data_path, toy=toy, run_dir=run_dir)
     proba = run_proba(model, config, table, batch_size=batch_size, verbose=verbose, tta=tta,
                       patch_scales=patch_scales, patch_power=patch_power)
     key = split if tta == "none" else f"{split}_{tta}"
@@ -111,7 +115,7 @@ def _val_top1(run: Path, model, config, classes, batch_size) -> float:
     saved = runs.read_metrics(run)
     if "top1" in saved.get("val", {}):
         return float(saved["val"]["top1"])
-    table = split_table(config, classes, "val", source=str(run))
+    table = split_table(config, classes, "val", source=str(run), run_dir=run)
     proba = run_proba(model, config, table, batch_size=batch_size)
     return float((proba.argmax(1) == table["label_index"].to_numpy()).mean())
 
@@ -148,7 +152,7 @@ def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None,
     table = None
     for run in members:
         model, config, _ = runs.load_run(run)
-        member_table = split_table(config, classes, split, data_path=data_path, source=str(run))
+        member_table = split_table(config, classes, split, data_path=data_path, source=str(run), run_dir=run)
         if table is None:
             table = member_table
         elif list(member_table["image"]) != list(table["image"]):

@@ -9,8 +9,9 @@ run's lock (one writer at a time) and refuses any ``--out`` folder that is not a
 Files of a finished run::
 
     model.keras            the model with the best val accuracy (input: preprocessed images)
-    config.yaml            the resolved TrainConfig (``finetune --config`` reproduces the run)
+    config.yaml            the resolved TrainConfig (``finetune --config`` reproduces the run; data path absolute)
     class_index.json       class name -> output index
+    splits.csv             every image of the run's dataset: file (absolute), label, subset (``--data`` accepts it)
     history.csv            one row per epoch; training_curves.png plots it
     metrics.json           per evaluated split: top-k, F1, per-class report, confusion matrix
     predictions[_S].csv, classification_report[_S].txt, confusion_matrix[_S].png   per split S
@@ -52,6 +53,7 @@ STATE_DIR = "resume_state"
 PREFIX_CACHE_DIR = "prefix_cache"
 FINGERPRINT = "fingerprint.json"  # in STATE_DIR: the configuration and data the interrupted run was started with
 TENSORBOARD_DIR = "tensorboard"  # with --tensorboard: the run's TensorBoard logs
+SPLITS = "splits.csv"
 FINISHED = (MODEL, CONFIG, CLASS_INDEX)  # what every finished run holds (metrics.json too, since 0.1)
 RUN_KIND = "run"  # the owner kind of a run directory (mame_transfer.core.fileio.check_output)
 # Options that do not change what a run computes: a resumed run may differ in them (more epochs, less output).
@@ -62,15 +64,19 @@ NOT_FINGERPRINTED = ("epochs", "verbose", "out", "overwrite", "runs_dir", "check
 # --------------------------------------------------------------------------------------------- configs and data
 
 
-def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), *, check_images: bool | None = None):
+def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), *, check_images: bool | None = None,
+                run_dir: str | Path | None = None):
     """Load the dataset a config names (``--demo`` generates the demo set on first use).
 
     Args:
         require: splits that must be present.
         check_images: override ``config.check_images`` (readers of a finished run skip the image check).
+        run_dir: a finished run trained on this config: when its data were flat class folders (split on reading),
+            the split recorded in its ``splits.csv`` is read instead, so images added to the folders since can
+            never move a training image into val or test.
     """
     from mame_transfer.datasets import demo
-    from mame_transfer.datasets.layouts import load_dataset
+    from mame_transfer.datasets.layouts import detect_layout, load_dataset
 
     if config.demo:
         path = demo.ensure_demo()
@@ -79,17 +85,24 @@ def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), 
     else:
         raise ConfigError("no dataset given: pass --data PATH (MAMe folder or class-per-folder set) or --demo")
     check = config.check_images if check_images is None else check_images
+    if run_dir is not None and (Path(run_dir) / SPLITS).is_file() and not config.demo \
+            and detect_layout(path) == "flat":
+        return load_dataset(Path(run_dir) / SPLITS, museum=config.museum, check_files=check, require=tuple(require))
     return load_dataset(path, toy=config.toy, images=config.images, museum=config.museum, check_files=check,
-                        require=tuple(require))
+                        require=tuple(require), val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                        split_seed=config.split_seed)
 
 
 def resolved_config(config: TrainConfig) -> TrainConfig:
-    """Fill ``auto`` values (image size, freeze block) with what this run will actually use."""
+    """Fill ``auto`` values (image size, freeze block) with what this run will actually use; data paths absolute
+    (so ``evaluate`` and ``predict`` work from any folder)."""
     from mame_transfer.models import backbones
 
     spec = backbones.get(config.arch)
     return dataclasses.replace(config, arch=spec.name, image_size=config.image_size or spec.default_size,
-                               freeze_until=spec.resolve_freeze(config.freeze_until))
+                               freeze_until=spec.resolve_freeze(config.freeze_until),
+                               data=os.path.abspath(config.data) if config.data else config.data,
+                               images=os.path.abspath(config.images) if config.images else config.images)
 
 
 # --------------------------------------------------------------------------------------------- creating
@@ -216,7 +229,7 @@ def open_run(config: TrainConfig, dataset) -> Iterator[tuple[Path, Path, bool]]:
             for stale in (STATE_DIR, HISTORY, BEST_WEIGHTS):
                 target = work / stale
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        start(work, config, dataset.class_index)
+        start(work, config, dataset)
         write_json(resume.dir / FINGERPRINT, fp)
         yield final, work, resuming
 
@@ -234,12 +247,15 @@ def _legacy_changes(work: Path, config: TrainConfig, class_index: dict) -> list[
     return out + ([f"classes {sorted(classes)} -> {sorted(class_index)}"] if classes != class_index else [])
 
 
-def start(work: Path, config: TrainConfig, class_index: dict[str, int]) -> None:
-    """Create the work dir and write what identifies the run (``config.yaml``, ``class_index.json``)."""
+def start(work: Path, config: TrainConfig, dataset) -> None:
+    """Create the work dir and write what identifies the run (``config.yaml``, ``class_index.json``, ``splits.csv``)."""
+    from mame_transfer.datasets.folders import write_split_list
+
     work.mkdir(parents=True, exist_ok=True)
     mark(work, RUN_KIND)
     write_text(work / CONFIG, cfg.dump_yaml(config))
-    write_json(work / CLASS_INDEX, class_index)
+    write_json(work / CLASS_INDEX, dataset.class_index)
+    write_split_list(dataset, work / SPLITS)
 
 
 def finish(work: Path, final: Path) -> Path:

@@ -176,7 +176,9 @@ def train(config: TrainConfig) -> Path:
     if config.tensorboard:
         require_tensorboard()
     keras.utils.set_random_seed(config.seed)
-    dataset = runs.dataset_for(config)
+    _, work, resuming = runs.find_work_dir(config)
+    # A resumed run on flat class folders keeps the split it started with (images may have been added since).
+    dataset = runs.dataset_for(config, run_dir=work if resuming else None)
     with runs.open_run(config, dataset) as (final, work, resuming), named_image_errors():  # locked, checked
         return _train(config, dataset, final, work, resuming)
 

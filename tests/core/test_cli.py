@@ -19,7 +19,7 @@ from mame_transfer.core.errors import (
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mame_transfer"
 COMMANDS = ["data", "finetune", "evaluate", "tune", "features", "classify", "task_similarity", "analyze", "report",
-            "explore", "prepare", "ensemble"]
+            "explore", "prepare", "ensemble", "predict", "export"]
 
 
 def _command(name: str):
@@ -253,6 +253,8 @@ def _missing_path_argv(name: str, missing: Path, tmp: Path) -> list[str]:
         "explore": [m, "--out", str(tmp / "site")],
         "prepare": ["--data", m, "--out", str(tmp / "prepared")],
         "ensemble": [m, m, "--out", str(tmp / "ensemble")],
+        "predict": [m, str(tmp), "--out", str(tmp / "labels.csv")],
+        "export": [m, "--out", str(tmp / "exported")],
     }[name]
 
 
@@ -267,6 +269,7 @@ def test_missing_path_is_exit_2_with_one_error_line(name, tmp_path, capsys):
     assert len(errors) == 1 and lines[0] == errors[0], err
     assert "no_such_thing" in err  # the message names what is missing
     assert not (tmp_path / "store").exists() and not (tmp_path / "site").exists()
+    assert not (tmp_path / "labels.csv").exists() and not (tmp_path / "exported").exists()
 
 
 # command -> (argv, the library function to interrupt as the command sees it, hint printed after Ctrl-C)
@@ -286,6 +289,9 @@ INTERRUPT = {
     "prepare": (["--data", "DATA", "--out", "OUT"], "mame_transfer.datasets.prepare.prepare",
                 "rerun the same command to resume"),
     "ensemble": (["RUN1", "RUN2", "--out", "OUT"], "mame_transfer.training.evaluation.ensemble_runs", None),
+    "predict": (["RUN", "IMAGES", "--out", "OUT"], "mame_transfer.deploy.classifier.check_run",
+                "rerun the same command to resume"),
+    "export": (["RUN", "--out", "OUT"], "mame_transfer.deploy.export.export_run", None),
 }
 
 

@@ -8,15 +8,23 @@ from tiny_sets import make_mame
 from mame_transfer import data
 from mame_transfer.core.errors import DataError
 from mame_transfer.core.errors import DataError as _DataError
-from mame_transfer.datasets.layouts import detect_layout
+from mame_transfer.datasets.layouts import detect_layout, load_dataset
 
 
 def test_detect_layout_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         detect_layout(tmp_path / "nope")
-    (tmp_path / "cats").mkdir()
-    with pytest.raises(DataError, match=r"neither dataset layout \(it holds: cats/\).*MAMe layout.*class-per-folder"):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"neither dataset layout \(it holds: notes.txt\).*MAMe layout.*class-per-folder"):
         detect_layout(tmp_path)
+    (tmp_path / "data_256").mkdir()  # a MAMe release without its CSV is not taken for one class folder
+    with pytest.raises(DataError, match=r"neither dataset layout \(it holds: data_256/, notes.txt\)"):
+        detect_layout(tmp_path)
+    (tmp_path / "data_256").rmdir()
+    (tmp_path / "cats").mkdir()
+    assert detect_layout(tmp_path) == "flat"
+    with pytest.raises(DataError, match=r"at least 2 class folders; found 'cats'"):
+        load_dataset(tmp_path)
     assert issubclass(DataError, _DataError)
 
 

@@ -122,3 +122,23 @@ def test_decode_failure_names_the_file(tiny):
 def test_empty_table_rejected(tiny):
     with pytest.raises(DataError, match="empty table"):
         make_pipeline(tiny.table.iloc[:0], image_size=32, preprocess=None, batch_size=4)
+
+
+def test_tiff_and_webp_in_the_pipeline(tmp_path):
+    """Flat class folders of 16-bit TIFFs and WebPs train like JPEGs; a broken TIFF is named."""
+    import tensorflow as tf
+    from tiny_sets import make_flat, tiff16_bytes
+
+    root = make_flat(tmp_path / "flat", classes=("a", "b"), per_class=3, ext=".webp")
+    level = np.full((20, 30), 40000, np.uint16)  # 16-bit grey 40000 -> 8-bit 156
+    for i in range(3):
+        (root / "a" / f"master_{i}.tif").write_bytes(tiff16_bytes(level))
+    table = load_dataset(root, test_fraction=0).table
+    assert {Path(p).suffix for p in table["path"]} == {".webp", ".tif"}
+    images, _ = _collect(make_pipeline(table, image_size=16, preprocess=None, batch_size=4))
+    assert images.shape == (len(table), 16, 16, 3)
+    tif_rows = table["path"].str.endswith(".tif").to_numpy()
+    np.testing.assert_allclose(images[tif_rows], 156.0)
+    Path(table["path"][tif_rows.argmax()]).write_bytes(tiff16_bytes(level)[:120])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"master_\d.tif"):
+        _collect(make_pipeline(table, image_size=16, preprocess=None, batch_size=4))

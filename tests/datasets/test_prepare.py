@@ -84,3 +84,14 @@ def test_bad_image_is_named_and_others_are_written(small_mame, tmp_path, capsys)
 def test_class_per_folder_source_is_refused(louvre, tmp_path):
     with pytest.raises(DataError, match="mame-data import"):
         prepare(louvre, tmp_path / "x", 64, progress=False)
+
+
+def test_tiff_masters_keep_their_format_and_16_bits_are_scaled(tmp_path):
+    from tiny_sets import tiff16_bytes
+
+    src, dst = tmp_path / "master.tif", tmp_path / "out" / "master.tif"
+    src.write_bytes(tiff16_bytes(np.full((40, 60), 40000, np.uint16)))
+    assert resize_file(str(src), str(dst), 16) == (60, 40)
+    with Image.open(dst) as im:
+        assert im.format == "TIFF" and im.mode == "RGB" and im.size == (16, 16)
+        assert np.asarray(im).min() == np.asarray(im).max() == 156  # 40000 / 257, not clipped to 255

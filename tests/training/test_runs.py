@@ -27,7 +27,8 @@ TINY = ["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "3
 
 
 ARTEFACTS = ["model.keras", "config.yaml", "class_index.json", "history.csv", "metrics.json",
-             "classification_report.txt", "confusion_matrix.png", "training_curves.png", "predictions.csv", "run.log"]
+             "classification_report.txt", "confusion_matrix.png", "training_curves.png", "predictions.csv", "run.log",
+             "splits.csv"]
 
 
 def test_run_directory_is_complete_and_self_describing(tiny_run):
@@ -63,6 +64,10 @@ def test_run_directory_is_complete_and_self_describing(tiny_run):
     # The resolved config reproduces the run: auto values are filled in.
     config = load_run(tiny_run)[1]
     assert config.freeze_until == backbones.get("test_tiny").default_freeze and config.image_size == 32
+    # Every image the run saw, with its split.
+    splits = pd.read_csv(tiny_run / "splits.csv")
+    assert list(splits.columns) == ["file", "label", "subset"] and len(splits) == 390
+    assert splits["subset"].value_counts().to_dict() == {"train": 240, "test": 90, "val": 60}
 
 
 def test_existing_out_needs_overwrite(tiny_run, capsys):
@@ -102,3 +107,41 @@ def test_block_lr_optimizer_state_survives_resume(tmp_path):
     for a, b in zip(net.optimizer.variables, again.optimizer.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert sorted(methods.group_learning_rates(again.optimizer)) == pytest.approx([1e-3, 1e-2, 1e-1])
+
+
+def test_flat_folder_run_records_and_reuses_its_split(tmp_path, monkeypatch):
+    """finetune --data <root>/<class>/*: the split is recorded, evaluate reads it from anywhere, even after the folder
+    has grown, and --data <run>/splits.csv trains on the very same split."""
+    from tiny_sets import jpeg_bytes, make_flat
+
+    from mame_transfer import evaluate
+    from mame_transfer.datasets.layouts import load_dataset
+
+    flat = make_flat(tmp_path / "collection", classes=("etching", "oil", "woodcut"), per_class=12)
+    monkeypatch.chdir(tmp_path)
+    args = ["--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "8", "--epochs", "1",
+            "--batch-size", "8", "--verbose", "0"]
+    assert finetune.main(["--data", "collection", "--val-fraction", "0.25", "--split-seed", "5", "--out", "runs/a",
+                          *args]) == 0
+    run = tmp_path / "runs" / "a"
+    config = load_run(run)[1]
+    assert config.data == str(flat) and (config.val_fraction, config.test_fraction, config.split_seed) == (0.25, 0.15, 5)
+    recorded = pd.read_csv(run / "splits.csv")
+    expected = load_dataset(flat, val_fraction=0.25, split_seed=5).table
+    assert recorded["file"].tolist() == expected["path"].tolist()
+    assert recorded["subset"].tolist() == expected["subset"].tolist()
+    assert recorded["subset"].value_counts().to_dict() == {"train": 21, "val": 9, "test": 6}  # 7 / 3 / 2 per class
+
+    # new images in the folder would change a fresh split; evaluate keeps the run's own test images
+    for cls in ("etching", "oil", "woodcut"):
+        for i in range(5):
+            (flat / cls / f"new_{i}.jpg").write_bytes(jpeg_bytes(30, 30, seed=100 + i))
+    monkeypatch.chdir(tmp_path / "runs")  # any folder: the data path in config.yaml is absolute
+    before = json.loads((run / "metrics.json").read_text())["test"]
+    assert evaluate.main([str(run), "--split", "test", "--out", str(tmp_path / "again"), "--verbose", "0"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["test"]
+    assert again["n"] == before["n"] == 6 and again["top1"] == pytest.approx(before["top1"])
+
+    assert finetune.main(["--data", str(run / "splits.csv"), "--out", str(tmp_path / "runs" / "b"), *args]) == 0
+    reused = pd.read_csv(tmp_path / "runs" / "b" / "splits.csv")
+    pd.testing.assert_frame_equal(reused, recorded)
