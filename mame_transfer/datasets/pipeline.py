@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError
+from mame_transfer.datasets import augment as augmentation
 from mame_transfer.datasets.images import looks_complete
 
 
@@ -66,42 +67,6 @@ def _decode_scaled(data, height: int, width: int):
     ])
 
 
-def _rotate(images, angles):
-    """Rotate a batch by per-image angles (radians) about the centre, reflecting at the borders."""
-    import tensorflow as tf
-
-    shape = tf.shape(images)
-    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    cos, sin = tf.cos(angles), tf.sin(angles)
-    x_offset = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2.0
-    y_offset = ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2.0
-    zeros = tf.zeros_like(angles)
-    transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=shape[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
-
-
-MAX_ROTATION_DEGREES = 10.0
-
-
-def _augment(images, seed):
-    """Random horizontal flip and a small rotation (±MAX_ROTATION_DEGREES), seeded per batch."""
-    import tensorflow as tf
-
-    n = tf.shape(images)[0]
-    flip = tf.random.stateless_uniform([n], seed=seed) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    limit = MAX_ROTATION_DEGREES * np.pi / 180.0
-    angles = tf.random.stateless_uniform([n], seed=seed + tf.constant([0, 1], tf.int64), minval=-limit, maxval=limit)
-    return _rotate(images, angles)
-
-
 def make_pipeline(
     table: pd.DataFrame,
     *,
@@ -109,13 +74,14 @@ def make_pipeline(
     preprocess: Callable | None,
     batch_size: int,
     training: bool = False,
-    augment: bool = False,
+    augment: bool | str = False,
     shuffle: bool | None = None,
     seed: int = 0,
     cache: bool | str = False,
     drop_remainder: bool = False,
     with_labels: bool = True,
     dct_ratio: bool = False,
+    num_classes: int | None = None,
 ):
     """Build a ``tf.data`` pipeline over a table's ``path`` and ``label_index`` columns.
 
@@ -130,13 +96,16 @@ def make_pipeline(
             augmentation; ``None`` leaves the 0..255 values.
         batch_size: images per batch.
         training: shuffle by default.
-        augment: random horizontal flip + rotation up to ±10 degrees (nothing else).
+        augment: ``True`` (the default layers: horizontal flip, rotation up to ±10 degrees), a spec string of
+            Keras preprocessing layers (:mod:`mame_transfer.datasets.augment`, e.g. ``"flip,zoom:0.2,mixup"``),
+            or ``False``.
         shuffle: shuffle with ``seed``, reshuffling each epoch; default ``training``.
         seed: seed of the shuffle and of the augmentation.
         cache: cache decoded, resized, un-augmented images in memory (``True``) or in this file prefix (str).
         drop_remainder: drop the last incomplete batch.
         with_labels: yield ``(images, int32 labels)``; else images only.
         dct_ratio: decode JPEGs much larger than ``image_size`` at 1/2..1/8 scale (see :func:`decode_and_resize`).
+        num_classes: needed by label-mixing augmentations (MixUp, CutMix), whose labels are soft one-hot vectors.
     """
     import tensorflow as tf
 
@@ -171,10 +140,10 @@ def make_pipeline(
         ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: (_augment(batch[0], s), batch[1]), num_parallel_calls=autotune, deterministic=True
-        )
+        ops = augmentation.parse(augment)
+        layers = augmentation.build_layers(ops, seed)
+        # One batch after the other: the layers draw from seeded generators, so a seed gives the same images.
+        ds = ds.map(lambda x, y: augmentation.apply(x, y, layers, num_classes))
     if preprocess is not None:
         ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=autotune, deterministic=True)
     if not with_labels:

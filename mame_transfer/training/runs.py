@@ -51,6 +51,10 @@ FINISHED = (MODEL, CONFIG, CLASS_INDEX)  # what every finished run holds (metric
 def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), *, check_images: bool | None = None):
     """Load the dataset a config names (``--demo`` generates the demo set on first use).
 
+    A fold of a cross-validation (``config.fold`` > 0) gets its own train/val split of train+val
+    (:func:`mame_transfer.datasets.folds.fold_dataset`: stratified by ``config.seed``), so every reader of the run
+    (evaluate, ensemble, report) sees the split it was trained on.
+
     Args:
         require: splits that must be present.
         check_images: override ``config.check_images`` (readers of a finished run skip the image check).
@@ -65,6 +69,15 @@ def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), 
     else:
         raise ConfigError("no dataset given: pass --data PATH (MAMe folder or class-per-folder set) or --demo")
     check = config.check_images if check_images is None else check_images
+    if config.fold:
+        from mame_transfer.datasets.folds import fold_dataset
+
+        dataset = load_dataset(path, toy=config.toy, images=config.images, museum=config.museum, check_files=check,
+                               require=tuple(s for s in require if s not in ("train", "val")))
+        dataset = fold_dataset(dataset, config.folds, config.fold, config.seed)
+        for split in require:
+            dataset.split(split)  # the same error as load_dataset's when a required split is empty
+        return dataset
     return load_dataset(path, toy=config.toy, images=config.images, museum=config.museum, check_files=check,
                         require=tuple(require))
 

@@ -49,7 +49,7 @@ def _macro_f1_callback(val_x, val_y, batch_size: int):
                 return
             proba = self.model.predict(val_x, batch_size=batch_size, verbose=0)
             classes = [str(i) for i in range(proba.shape[1])]
-            logs["val_macro_f1"] = float(compute_metrics(val_y, proba, classes)["macro_f1"])
+            logs["val_macro_f1"] = float(compute_metrics(val_y, proba, classes, ci=False)["macro_f1"])
 
     return MacroF1()
 
