@@ -18,12 +18,19 @@ Examples::
 
     python -m mame_transfer.classify features/vgg16-ft --with metadata,umap --out results/vgg16-ft
     python -m mame_transfer.classify --metadata-only --data /path/to/MAMe --no-check --out results/metadata
+    python -m mame_transfer.classify features/louvre-448 --with '' --folds 5 --out results/louvre-448-cv
+
+With ``--folds K`` the comparison is cross-validated over train+val (the same folds as ``finetune --folds K`` with
+the same ``--seed``): per fold outputs in ``fold-<i>/``, and ``cv_results.csv`` / ``.md`` with the mean and 95 %
+interval over folds, the pooled out-of-fold scores, and the fold pipelines' ensemble on test
+(:mod:`mame_transfer.classifiers.crossval`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mame_transfer.classifiers.comparison import FEATURE_SETS
@@ -46,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset for --metadata-only (MAMe CSV folder or class-per-folder set)")
     p.add_argument("--toy", action="store_true")
     p.add_argument("--no-check", action="store_true", help="do not require the image files (metadata only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the estimators, UMAP and the folds")
+    p.add_argument("--folds", type=int, default=0,
+                   help="K-fold cross-validation over train+val (0 = rank on the val split); test only scored")
     p.add_argument("--jobs", type=int, default=1, help="parallel CV fits")
     p.add_argument("--out", required=True)
     return p
@@ -77,6 +86,15 @@ def _classify(a) -> None:
         source = source_from_store(a.store, a.feature_set_name)
         sets = cli.choices_list(a.feature_sets, FEATURE_SETS, "feature set") if a.feature_sets \
             else feature_sets_for(a.with_)
+    if a.folds:
+        from mame_transfer.classifiers.crossval import cross_validate
+
+        cv = cross_validate(source, folds=a.folds, out=a.out, seed=a.seed, feature_sets=sets, classifiers=classifiers,
+                            fast=a.fast, umap_components=a.umap_components, n_jobs=a.jobs)
+        print((Path(a.out) / "cv_results.md").read_text())
+        print(f"best by mean val top-1 over {a.folds} folds: {cv.iloc[0]['classifier']} on {cv.iloc[0]['feature_set']}"
+              f" -> {a.out}")
+        return
     result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
                      umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
     write_outputs(result, a.out, description=source.description)

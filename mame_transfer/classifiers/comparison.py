@@ -242,18 +242,22 @@ class Comparison:
     classes: list[str]
     y: dict
     feature_names: list[str]
+    all_predictions: dict | None = None  # (feature set, classifier) -> {split: (predicted, scores)}, keep_all only
 
 
 def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
             fast: bool = False, umap_components: int = 8, seed: int = 0, n_jobs: int = 1,
-            verbose: int = 1, umap_factory: Callable | None = None) -> Comparison:
-    """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice)."""
+            verbose: int = 1, umap_factory: Callable | None = None, keep_all: bool = False) -> Comparison:
+    """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice).
+
+    ``keep_all``: also keep every pipeline's predictions and class scores per split (cross-validation needs them).
+    """
     for c in classifiers:
         if c not in CLASSIFIERS:
             raise ConfigError(f"unknown classifier {c!r}. Choose from: {', '.join(CLASSIFIERS)}")
     if "val" not in source.splits:
         raise DataError(f"{source.description}: the comparison ranks pipelines on a 'val' split, which is missing")
-    rows, best = [], None
+    rows, best, kept = [], None, {}
     umap_cache: dict = {}
     n_classes = len(source.classes)
     for fs in feature_sets:
@@ -261,6 +265,8 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
                               umap_factory=umap_factory)
         for name in classifiers:
             model, row, preds = fit_one(name, inputs, n_classes, fast=fast, seed=seed, n_jobs=n_jobs)
+            if keep_all:
+                kept[(fs, name)] = {split: (p, scores(model, inputs.X[split], n_classes)) for split, p in preds.items()}
             row = {"feature_set": fs, "dim": inputs.X["train"].shape[1], **row}
             rows.append(row)
             if verbose:
@@ -273,7 +279,7 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
             "test_macro_f1", "cv_top1", "fit_s", "predict_s", "params"]
     table = pd.DataFrame(rows)[cols]
     model, row, preds, names, y = best
-    return Comparison(table, model, row, preds, list(source.classes), y, names)
+    return Comparison(table, model, row, preds, list(source.classes), y, names, kept if keep_all else None)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -22,19 +22,23 @@ import pandas as pd
 from mame_transfer.core.errors import DataError
 from mame_transfer.core.fileio import atomic_path, write_text
 
-
 CONFIDENCE = 0.95
 BOOTSTRAP_ROUNDS = 1000
 CI_METHOD = f"percentile bootstrap, {BOOTSTRAP_ROUNDS} resamples of the images, seed 0"
 
 
-def _macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 of confusion matrices ``[..., C, C]`` (rows true, columns predicted); a class with no true and
-    no predicted image scores 0, as scikit-learn's ``f1_score(labels=..., zero_division=0)``."""
+def _macro_f1_from_confusion(cm: np.ndarray, observed: np.ndarray | None = None) -> np.ndarray:
+    """Macro F1 of confusion matrices ``[..., C, C]`` (rows true, columns predicted).
+
+    A class with no true and no predicted image scores 0, as scikit-learn's ``f1_score(labels=...,
+    zero_division=0)``, unless ``observed[c]``: then it is a class of the full sample that a resample happened to
+    miss, and it is left out of that resample's mean instead of counting as a failure.
+    """
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
     denom = cm.sum(axis=-1) + cm.sum(axis=-2)  # 2 tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return f1.mean(axis=-1)
+    counted = np.ones_like(f1, dtype=bool) if observed is None else (denom > 0) | ~observed
+    return (f1 * counted).sum(axis=-1) / np.maximum(counted.sum(axis=-1), 1)
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, rounds: int = BOOTSTRAP_ROUNDS,
@@ -59,6 +63,8 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, roun
     rng = np.random.default_rng(seed)
     cell = y_true * n_classes + y_pred  # index of each image's confusion-matrix cell
     correct = (y_true == y_pred).astype(np.float64)
+    observed = np.zeros(n_classes, dtype=bool)
+    observed[np.concatenate([y_true, y_pred])] = True
     top1, f1 = np.empty(rounds), np.empty(rounds)
     chunk = max(1, min(rounds, 4_000_000 // n))  # bounded memory on large test splits
     for start in range(0, rounds, chunk):
@@ -67,7 +73,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, roun
         top1[start:start + r] = correct[idx].mean(axis=1)
         offsets = (np.arange(r) * n_classes * n_classes)[:, None]
         cm = np.bincount((cell[idx] + offsets).ravel(), minlength=r * n_classes * n_classes)
-        f1[start:start + r] = _macro_f1_from_confusion(cm.reshape(r, n_classes, n_classes))
+        f1[start:start + r] = _macro_f1_from_confusion(cm.reshape(r, n_classes, n_classes), observed)
     q = [(1 - confidence) / 2, 1 - (1 - confidence) / 2]
     return {"top1": [float(v) for v in np.quantile(top1, q)], "macro_f1": [float(v) for v in np.quantile(f1, q)]}
 

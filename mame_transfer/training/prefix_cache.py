@@ -424,7 +424,7 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
     train_key = dict(base, split="train", n=len(train_table), copies=plan.copies, augment=augment, seed=seed,
                      files=table_hash(train_table))
     val_key = dict(base, split="val", n=len(val_table), files=table_hash(val_table))
-    name = f"{cut.layer_name}-{stamp}"
+    name = f"{cut.layer_name}-{stamp}-{image_size}px"  # one file per input size (a search may vary it)
     train_cache = fill_split(cut, fn, images(train_table, augment), len(train_table), plan.copies, dtype,
                               folder / f"{name}-train.npy" if disk else None, train_key)
     val_cache = fill_split(cut, fn, images(val_table, False), len(val_table), 1, dtype,

@@ -50,7 +50,7 @@ def build_pooled_phase(plan: Plan, *, pool_table, folder, train_table, val_table
     files = table_hash(pool_table)
     key = dict(layer=cut.layer_name, shape=list(cut.feature_shape), dtype=dtype, image_size=image_size,
                weights=stamp, split="pool", n=len(pool_table), files=files)
-    name = Path(folder) / PREFIX_CACHE_DIR / f"{cut.layer_name}-{stamp}-pool-{files[:8]}"
+    name = Path(folder) / PREFIX_CACHE_DIR / f"{cut.layer_name}-{stamp}-{image_size}px-pool-{files[:8]}"
     t0 = time.perf_counter()
 
     def images(aug):
