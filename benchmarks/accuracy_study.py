@@ -34,26 +34,34 @@ FOLDS = 5
 # name -> (kind, what it changes). kinds: ft (finetune --folds), offshelf (features + classify --folds),
 # tta (a finished ft lever's folds re-scored with test-time augmentation), svc (LinearSVC on a finished ft lever's
 # fine-tuned features, alone and averaged with the fine-tuned softmax), mix (out-of-fold probabilities of levers
-# averaged).
+# averaged). HEAD_ONLY: the backbone frozen whole, so only the head trains, on cached pooled features.
+HEAD_ONLY = {"freeze_until": "all", "head": "none", "lr": 1e-3, "epochs": 15}
 LEVERS: dict[str, tuple[str, dict]] = {
     **{f"offshelf-{s}": ("offshelf", {"image_size": s}) for s in (224, 320, 448, 512)},
-    **{f"ft-{s}": ("ft", {"image_size": s}) for s in (224, 320, 448, 512)},
-    "ft-448-freeze-all": ("ft", {"freeze_until": "all", "augment_copies": 3}),
-    "ft-448-freeze-block9": ("ft", {"freeze_until": "block9"}),
-    "ft-448-head-none": ("ft", {"head": "none"}),
-    "ft-448-head-512-256": ("ft", {"head": "512,256"}),
-    "ft-448-smooth-0.1": ("ft", {"label_smoothing": 0.1}),
-    "ft-448-no-augment": ("ft", {"augment": False}),
-    "ft-448-zoom": ("ft", {"augmentations": "flip,rotation:10,zoom:0.2"}),
-    "ft-448-randaugment": ("ft", {"augmentations": "flip,randaugment:0.3"}),
-    "ft-448-progressive": ("ft", {"progressive": "224:3"}),
-    "ft-224-mixup": ("ft", {"image_size": 224, "augmentations": "flip,rotation:10,mixup:0.2"}),
-    "ft-224-cutmix": ("ft", {"image_size": 224, "augmentations": "flip,rotation:10,cutmix:1.0"}),
-    "tta-448-flip": ("tta", {"of": "ft-448", "tta": "flip"}),
-    "tta-448-patches": ("tta", {"of": "ft-448", "tta": "patches"}),
-    "svc-448": ("svc", {"of": "ft-448"}),
-    "mix-320+448": ("mix", {"of": ["ft-320", "ft-448"]}),
-    "mix-448+offshelf-448": ("mix", {"of": ["ft-448", "offshelf-448"]}),
+    **{f"ft-{s}": ("ft", {"image_size": s}) for s in (448, 320, 224)},
+    "ft-448-head-only": ("ft", HEAD_ONLY),
+    "ft-448-head-only-head-256": ("ft", {**HEAD_ONLY, "head": "256"}),
+    "ft-448-head-only-smooth-0.1": ("ft", {**HEAD_ONLY, "label_smoothing": 0.1}),
+    "ft-448-head-only-no-augment": ("ft", {**HEAD_ONLY, "augment": False}),
+    "ft-448-head-only-progressive": ("ft", {**HEAD_ONLY, "progressive": "224:5"}),
+    "ms-224-320-448": ("ft", {**HEAD_ONLY, "scales": "224,320,448"}),
+    "ms-224-320-448-head-256": ("ft", {**HEAD_ONLY, "scales": "224,320,448", "head": "256"}),
+    "ft-224-block-lr": ("ft", {"image_size": 224, "block_lr": "block12-block13:1e-5,head:1e-3"}),
+    "ft-224-head-only": ("ft", {**HEAD_ONLY, "image_size": 224}),
+    "ft-224-head-only-zoom": ("ft", {**HEAD_ONLY, "image_size": 224, "augmentations": "flip,rotation:10,zoom:0.2"}),
+    "ft-224-head-only-randaugment": ("ft", {**HEAD_ONLY, "image_size": 224, "augmentations": "flip,randaugment:0.3"}),
+    "ft-224-head-only-mixup": ("ft", {**HEAD_ONLY, "image_size": 224, "epochs": 8,
+                                      "augmentations": "flip,rotation:10,mixup:0.2"}),
+    "ft-224-head-only-cutmix": ("ft", {**HEAD_ONLY, "image_size": 224, "epochs": 8,
+                                       "augmentations": "flip,rotation:10,cutmix:1.0"}),
+    "tta-ms-flip": ("tta", {"of": "ms-224-320-448", "tta": "flip"}),
+    "tta-448-head-only-flip": ("tta", {"of": "ft-448-head-only", "tta": "flip"}),
+    "tta-224-patches": ("tta", {"of": "ft-224", "tta": "patches"}),
+    "svc-224": ("svc", {"of": "ft-224"}),
+    "mix-ft-320+448": ("mix", {"of": ["ft-320", "ft-448"]}),
+    "mix-ft-448+offshelf-448": ("mix", {"of": ["ft-448", "offshelf-448"]}),
+    "mix-offshelf-320+448": ("mix", {"of": ["offshelf-320", "offshelf-448"]}),
+    "mix-ms+ft-448": ("mix", {"of": ["ms-224-320-448", "ft-448"]}),
 }
 
 
@@ -92,8 +100,18 @@ def _score(summary: dict, key: str = "val") -> dict:
 
 
 def run_ft(name: str, change: dict, data: str, out: Path) -> dict:
+    from mame_transfer.core.fileio import PARTIAL
     from mame_transfer.training.crossval import SUMMARY_JSON, cross_validate
+    from mame_transfer.training.runs import PREFIX_CACHE_DIR
 
+    # Every lever reads and writes one prefix-cache folder: a cut already computed (same layer, weights, size,
+    # augmentation) for another lever is reused; file names tell them apart.
+    shared = out / "prefix-cache"
+    shared.mkdir(exist_ok=True)
+    link = out / f"{name}{PARTIAL}" / PREFIX_CACHE_DIR
+    link.parent.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(shared, target_is_directory=True)
     folder = cross_validate(_ft_config(data, out / name, change))
     return _score(json.loads((folder / SUMMARY_JSON).read_text()))
 

@@ -43,6 +43,8 @@ class TrainConfig:
     dropout: float = _f(0.5, "dropout after each hidden head layer")
     l2: float = _f(1e-4, "L2 penalty on head kernels")
     pooling: str = _f("avg", "global pooling of the backbone features", ("avg", "max"))
+    scales: str | None = _f(None, "multi-scale features: input sides, e.g. '224,320,448'; the backbone sees the image "
+                            "at each (shared weights), pooled features concatenated (--image-size: the largest)")
     # --- optimisation
     optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
     lr: float = _f(1e-4, "learning rate")

@@ -56,8 +56,8 @@ def parse_progressive(text: str | None, final_size: int, epochs: int) -> list[tu
 def plan_phases(config: TrainConfig) -> list[Phase]:
     """The phases of a resolved config, in order (a warm-up or size change starts a new phase)."""
     stages = parse_progressive(config.progressive, config.image_size, config.epochs)
-    if stages and (config.shape != "fixed" or config.keep_top):
-        raise ConfigError("--progressive needs --shape fixed and no --keep-top (the input size changes)")
+    if stages and (config.shape != "fixed" or config.keep_top or config.scales):
+        raise ConfigError("--progressive needs --shape fixed, no --keep-top and no --scales (the input size changes)")
     size_ends, end = [], 0
     for size, count in stages:
         end += count

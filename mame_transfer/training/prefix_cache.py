@@ -134,9 +134,11 @@ def find_cut(model, index: int, *, extend: bool = True):
     k = ops.index(layers[index])
     crossing = _crossing(model, ops, k, nodes)
     first = crossing
-    # A residual block may end in a plain operation after its last layer (ConvNeXt: x + f(x)): move over it.
+    # Several tensors may cross at a block's end and merge in the weightless, deterministic operations after it
+    # (ConvNeXt's residual x + f(x); the per-scale poolings and their concatenation of a multi-scale model):
+    # move the cut over them until one tensor crosses.
     while len(crossing) != 1 and k + 1 < len(ops) - 1 and not getattr(ops[k + 1], "weights", None) \
-            and not isinstance(ops[k + 1], keras.layers.Layer):
+            and not _is_stochastic(ops[k + 1]):
         k += 1
         crossing = _crossing(model, ops, k, nodes)
     if len(crossing) != 1:

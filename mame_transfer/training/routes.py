@@ -9,6 +9,8 @@ holdout and val images from them. K folds then cost one prefix pass instead of K
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -63,9 +65,10 @@ def build_pooled_phase(plan: Plan, *, pool_table, folder, train_table, val_table
     caches, train_cache, copies = [plain], plain, 1
     if augment:
         copies = plan.copies
+        aug_key = dict(key, copies=copies, augment=augment, seed=seed)
+        views = hashlib.sha1(json.dumps([augment, copies, seed]).encode()).hexdigest()[:8]  # one file per choice
         train_cache = fill_split(cut, fn, images(augment), len(pool_table), copies, dtype,
-                                 name.with_name(name.name + "-augmented.npy"),
-                                 dict(key, copies=copies, augment=augment, seed=seed))
+                                 name.with_name(f"{name.name}-augmented-{views}.npy"), aug_key)
         caches.append(train_cache)
     index = {path: i for i, path in enumerate(pool_table["path"].astype(str))}
     in_dtype = cut.suffix.inputs[0].dtype

@@ -87,7 +87,8 @@ def resolved_config(config: TrainConfig) -> TrainConfig:
     from mame_transfer.models import backbones
 
     spec = backbones.get(config.arch)
-    return dataclasses.replace(config, arch=spec.name, image_size=config.image_size or spec.default_size,
+    largest = max(int(s) for s in str(config.scales).split(",") if s.strip()) if config.scales else None
+    return dataclasses.replace(config, arch=spec.name, image_size=config.image_size or largest or spec.default_size,
                                freeze_until=spec.resolve_freeze(config.freeze_until))
 
 

@@ -83,7 +83,8 @@ def _build(config: TrainConfig, num_classes: int, strategy):
         net = build_model(config.arch, num_classes, image_size=config.image_size, weights=config.weights,
                           head=config.head, dropout=config.dropout, l2=config.l2,
                           freeze_until="all" if config.warmup_epochs else config.freeze_until, alpha=config.alpha,
-                          pooling=config.pooling, variable_shape=config.shape == "variable", keep_top=config.keep_top)
+                          pooling=config.pooling, variable_shape=config.shape == "variable", keep_top=config.keep_top,
+                          scales=config.scales)
         if config.init_from:  # double fine-tuning (Gonthier et al.)
             methods.init_from_run(net, config.init_from, arch=config.arch, alpha=config.alpha)
         methods.reinit_until(net, config.arch, config.reinit_until, seed=config.seed)
