@@ -98,8 +98,8 @@ def _classify(a) -> None:
     result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
                      umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs)
     write_outputs(result, a.out, description=source.description)
-    print(markdown_table(result.table[["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1",
-                                       "test_top1", "fit_s"]]))
+    print(markdown_table(result.table[["feature_set", "classifier", "val_n", "val_top1", "val_top1_ci", "val_top5",
+                                       "val_macro_f1", "test_top1", "test_top1_ci", "fit_s"]]))
     print(f"best by val top-1: {result.best_row['classifier']} on {result.best_row['feature_set']} -> {a.out}")
 
 

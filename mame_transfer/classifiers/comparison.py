@@ -171,15 +171,21 @@ def _has_proba(estimator) -> bool:
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict:
-    """top-1 (from predict), top-5 (from score ranks), macro F1."""
+    """n, top-1 (from predict), top-5 (from score ranks), macro F1, and the bootstrap 95 % intervals of top-1 and
+    macro F1 (as text, ``[low, high]``)."""
     from sklearn.metrics import f1_score
+
+    from mame_transfer.inference.metrics import bootstrap_ci
 
     k = min(5, score.shape[1])
     top = np.argsort(-score, axis=1)[:, :k]
     labels = np.arange(score.shape[1])
-    return {"top1": float((y_pred == y_true).mean()),
+    ci = bootstrap_ci(y_true, y_pred, score.shape[1])
+    return {"n": int(len(y_true)), "top1": float((y_pred == y_true).mean()),
+            "top1_ci": f"[{ci['top1'][0]:.4f}, {ci['top1'][1]:.4f}]",
             "top5": float((top == y_true[:, None]).any(axis=1).mean()),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            "macro_f1_ci": f"[{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]"}
 
 
 def cv_folds(y: np.ndarray, folds: int = 3, seed: int = 0):
@@ -218,7 +224,7 @@ def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, se
     predict_s = 0.0
     for split in ("val", "test"):
         if split not in inputs.X:
-            row.update({f"{split}_top1": np.nan, f"{split}_top5": np.nan, f"{split}_macro_f1": np.nan})
+            row.update({f"{split}_{k}": np.nan for k in ("n", "top1", "top1_ci", "top5", "macro_f1", "macro_f1_ci")})
             continue
         t0 = time.perf_counter()
         y_pred = best.predict(inputs.X[split])
@@ -275,8 +281,9 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
                       f"fit {row['fit_s']:.1f}s", file=sys.stderr, flush=True)
             if best is None or row["val_top1"] > best[1]["val_top1"]:
                 best = (model, row, preds, inputs.names, inputs.y)
-    cols = ["feature_set", "classifier", "dim", "val_top1", "val_top5", "val_macro_f1", "test_top1", "test_top5",
-            "test_macro_f1", "cv_top1", "fit_s", "predict_s", "params"]
+    cols = ["feature_set", "classifier", "dim", "val_n", "val_top1", "val_top1_ci", "val_top5", "val_macro_f1",
+            "val_macro_f1_ci", "test_n", "test_top1", "test_top1_ci", "test_top5", "test_macro_f1", "test_macro_f1_ci",
+            "cv_top1", "fit_s", "predict_s", "params"]
     table = pd.DataFrame(rows)[cols]
     model, row, preds, names, y = best
     return Comparison(table, model, row, preds, list(source.classes), y, names, kept if keep_all else None)

@@ -78,6 +78,14 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *, roun
     return {"top1": [float(v) for v in np.quantile(top1, q)], "macro_f1": [float(v) for v in np.quantile(f1, q)]}
 
 
+def top1_interval(accuracy: float, n: int, **kwargs) -> list[float]:
+    """The bootstrap interval of a top-1 known only as a score on ``n`` images (a tuning trial's val accuracy):
+    the top-1 bootstrap depends on nothing but which images are right, so it is the same as from predictions."""
+    right = int(round(float(accuracy) * n))
+    correct = np.r_[np.ones(right, dtype=np.int64), np.zeros(max(0, n - right), dtype=np.int64)]
+    return bootstrap_ci(np.ones(n, dtype=np.int64), correct, 2, **kwargs)["top1"]
+
+
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> dict:
     """Mean of per-fold scores with a Student-t interval: ``mean ± t(k-1) * sd / sqrt(k)``.
 

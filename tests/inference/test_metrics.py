@@ -14,6 +14,7 @@ from mame_transfer.inference.metrics import (
     compute_metrics,
     format_ci,
     mean_ci,
+    top1_interval,
     write_split_artifacts,
 )
 
@@ -83,3 +84,9 @@ def test_metrics_carry_n_and_intervals_into_report_and_files(tmp_path):
     write_split_artifacts(tmp_path, "val", table, proba, classes)
     np.testing.assert_allclose(np.load(tmp_path / "probabilities_val.npy"), proba, rtol=1e-6)
     assert "95 % intervals (n=8" in (tmp_path / "classification_report_val.txt").read_text()
+
+
+def test_top1_interval_from_a_score_equals_the_bootstrap_of_predictions():
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    pred = np.array([0, 1, 2, 0, 1, 2, 0, 2, 1, 1])  # 7 of 10 right
+    assert top1_interval(0.7, 10) == bootstrap_ci(y, pred, 3)["top1"]
