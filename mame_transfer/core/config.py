@@ -94,7 +94,7 @@ class TrainConfig:
     patch_power: float = _f(5.0, "--tta patches: k in score(C) = mean over patches of y(C|P)^k")
     # --- evaluation (see mame_transfer.training.crossval and mame_transfer.datasets.folds)
     folds: int = _f(0, "K-fold cross-validation over train+val (test untouched): one run per fold and a summary with "
-                    "95% intervals (0 = off)")
+                    "confidence intervals (0 = off)")
     fold: int = _f(0, "with --folds: train only this fold (1..K), e.g. one per machine; 0 = every fold, then the summary")
     select_on: str = _f("val", "what early stopping, ReduceLROnPlateau and best-epoch selection watch: val, or a "
                         "stratified slice of train (train-holdout, always with --folds) so val stays a clean estimate",
