@@ -54,6 +54,8 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                       "augmentations": "flip,rotation:10,mixup:0.2"}),
     "ft-224-head-only-cutmix": ("ft", {**HEAD_ONLY, "image_size": 224, "epochs": 8,
                                        "augmentations": "flip,rotation:10,cutmix:1.0"}),
+    "folds-ensemble-ms": ("ft", {**HEAD_ONLY, "scales": "224,320,448", "data": "/tmp/l14/louvre_test",
+                                 "tta": "flip"}),
     "tta-ms-flip": ("tta", {"of": "ms-224-320-448", "tta": "flip"}),
     "tta-448-head-only-flip": ("tta", {"of": "ft-448-head-only", "tta": "flip"}),
     "tta-224-patches": ("tta", {"of": "ft-224", "tta": "patches"}),
@@ -112,8 +114,18 @@ def run_ft(name: str, change: dict, data: str, out: Path) -> dict:
     link.parent.mkdir(exist_ok=True)
     if not link.exists():
         link.symlink_to(shared, target_is_directory=True)
+    change = dict(change)
+    data = change.pop("data", data)
     folder = cross_validate(_ft_config(data, out / name, change))
-    return _score(json.loads((folder / SUMMARY_JSON).read_text()))
+    summary = json.loads((folder / SUMMARY_JSON).read_text())
+    result = _score(summary)
+    if "ensemble_test" in summary:  # the set has a test split: each fold's score on it, and the fold ensemble's
+        result.update(test_fold_top1=[f["test"]["top1"] for f in summary["per_fold"]],
+                      test_mean_top1=summary["over_folds"]["test"]["top1"]["mean"],
+                      test_mean_top1_ci=summary["over_folds"]["test"]["top1"]["ci"],
+                      ensemble_test_top1=summary["ensemble_test"]["top1"],
+                      ensemble_test_top1_ci=summary["ensemble_test"]["top1_ci"], test_n=summary["ensemble_test"]["n"])
+    return result
 
 
 def _oof_proba(out: Path, lever: str, key: str = "val"):
@@ -199,7 +211,7 @@ def run_tta(name: str, change: dict, data: str, out: Path) -> dict:
         if key not in runs.read_metrics(fold_dir(folder, i)):
             evaluate_run(fold_dir(folder, i), split="val", tta=change["tta"], verbose=0)
     config = runs.read_config(folder)
-    dataset = runs.dataset_for(dataclasses.replace(config, fold=0))
+    dataset = runs.dataset_for(dataclasses.replace(config, fold=0), require=("train",))
     summary = summarize(folder, config, dataset.classes, dataset)
     return _score(summary, key)
 

@@ -98,7 +98,7 @@ def cross_validate(config: TrainConfig) -> Path:
     if not config.folds:
         raise ConfigError("cross_validate needs folds >= 2")
     log_to_stdout(config.verbose)
-    dataset = runs.dataset_for(dataclasses.replace(config, fold=0))
+    dataset = runs.dataset_for(dataclasses.replace(config, fold=0), require=("train",))  # val is optional here
     final, work = find_cv_dir(config)
     if config.overwrite:
         shutil.rmtree(final, ignore_errors=True)
