@@ -10,6 +10,9 @@ Markdown table of docs/accuracy.md.
     python benchmarks/accuracy_study.py --data /tmp/l14/louvre_mame --out /tmp/l14/study run offshelf-224 ft-448 ...
     python benchmarks/accuracy_study.py --data /tmp/l14/louvre_mame --out /tmp/l14/study table
 
+``--test-data`` (for ``folds-ensemble-*``): the set with its val split renamed test (class-per-folder: a folder
+holding ``train -> <set>/train`` and ``test -> <set>/val``).
+
 Needs ``KERAS_HOME`` pointing at the MobileNet 0.75 ImageNet weights (``../shared/keras_home``).
 """
 
@@ -30,6 +33,7 @@ BASE = dict(arch="mobilenet", alpha=0.75, weights="imagenet", image_size=448, fr
             dropout=0.5, lr=1e-4, epochs=8, batch_size=32, augment=True, augmentations="flip,rotation:10",
             augment_copies=3, prefix_cache="auto", prefix_cache_dtype="float16", seed=0, verbose=2)
 FOLDS = 5
+TEST_DATA = None  # --test-data
 
 # name -> (kind, what it changes). kinds: ft (finetune --folds), offshelf (features + classify --folds),
 # tta (a finished ft lever's folds re-scored with test-time augmentation), svc (LinearSVC on a finished ft lever's
@@ -54,8 +58,8 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                       "augmentations": "flip,rotation:10,mixup:0.2"}),
     "ft-224-head-only-cutmix": ("ft", {**HEAD_ONLY, "image_size": 224, "epochs": 8,
                                        "augmentations": "flip,rotation:10,cutmix:1.0"}),
-    "folds-ensemble-ms": ("ft", {**HEAD_ONLY, "scales": "224,320,448", "data": "/tmp/l14/louvre_test",
-                                 "tta": "flip"}),
+    # train = the set's train split, test = its val split (--test-data): the fold ensemble scored on unseen images
+    "folds-ensemble-ms": ("ft", {**HEAD_ONLY, "scales": "224,320,448", "data": "@test-data", "tta": "flip"}),
     "tta-ms-flip": ("tta", {"of": "ms-224-320-448", "tta": "flip"}),
     "tta-448-head-only-flip": ("tta", {"of": "ft-448-head-only", "tta": "flip"}),
     "tta-224-patches": ("tta", {"of": "ft-224", "tta": "patches"}),
@@ -115,7 +119,10 @@ def run_ft(name: str, change: dict, data: str, out: Path) -> dict:
     if not link.exists():
         link.symlink_to(shared, target_is_directory=True)
     change = dict(change)
-    data = change.pop("data", data)
+    if change.pop("data", None) == "@test-data":
+        if not TEST_DATA:
+            raise SystemExit(f"{name} needs --test-data (a set whose test split is this set's val split)")
+        data = TEST_DATA
     folder = cross_validate(_ft_config(data, out / name, change))
     summary = json.loads((folder / SUMMARY_JSON).read_text())
     result = _score(summary)
@@ -298,9 +305,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the image set (MAMe layout or class-per-folder)")
     parser.add_argument("--out", required=True, help="study folder (results.jsonl + one folder per lever)")
+    parser.add_argument("--test-data", help="the same images with val moved to a test split (folds-ensemble-*)")
     parser.add_argument("command", choices=("run", "table", "list"))
     parser.add_argument("levers", nargs="*")
     args = parser.parse_args(argv)
+    global TEST_DATA
+    TEST_DATA = args.test_data
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "list":
