@@ -108,6 +108,7 @@ def image_pipelines(config: TrainConfig, train_t, val_t, num_classes: int | None
 
     ``num_classes`` is needed when the augmentations mix labels (MixUp, CutMix).
     """
+    from mame_transfer.datasets import augment as augmentation
     from mame_transfer.datasets import varshape
     from mame_transfer.datasets.pipeline import make_pipeline
     from mame_transfer.models import backbones
@@ -115,7 +116,7 @@ def image_pipelines(config: TrainConfig, train_t, val_t, num_classes: int | None
     preprocess = backbones.get(config.arch).preprocess
     if config.shape == "variable":  # batches bucketed by aspect ratio
         vs = dict(pixels=config.pixels, preprocess=preprocess, batch_size=config.batch_size, seed=config.seed)
-        if config.augment and augment_spec(config) != "flip":
+        if config.augment and config.augmentations not in ("flip", augmentation.DEFAULT):
             log.warning("--shape variable augments with a horizontal flip only (--augmentations %r not applied)",
                         config.augmentations)
         return (varshape.make_pipeline(train_t, training=True, augment=config.augment, **vs),
