@@ -35,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> None:
+    from mame_transfer.inference.metrics import format_ci
     from mame_transfer.training.evaluation import evaluate_run
 
     m = evaluate_run(args.run, split=args.split, data_path=args.data, toy=args.toy, out=args.out,
                      batch_size=args.batch_size, verbose=args.verbose, tta=args.tta,
                      patch_scales=args.patch_scales, patch_power=args.patch_power)
     key = args.split if args.tta == "none" else f"{args.split}_{args.tta}"
-    print(f"{key}: n={m['n']} top-1 {m['top1']:.4f} top-5 {m['top5']:.4f} macro F1 {m['macro_f1']:.4f}")
+    print(f"{key}: n={m['n']} top-1 {format_ci(m['top1'], m.get('top1_ci'), 4)} top-5 {m['top5']:.4f} "
+          f"macro F1 {format_ci(m['macro_f1'], m.get('macro_f1_ci'), 4)} (95 % bootstrap intervals)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -247,7 +247,7 @@ def finish_run(net, config: TrainConfig, dataset, work: Path, holdout=None) -> d
     import pandas as pd
 
     from mame_transfer.core import plots
-    from mame_transfer.inference.metrics import write_split_artifacts
+    from mame_transfer.inference.metrics import format_ci, write_split_artifacts
     from mame_transfer.inference.predict import predict_proba, prediction_options
 
     splits = [s for s in ("val", "test") if s in dataset.subsets]
@@ -267,8 +267,9 @@ def finish_run(net, config: TrainConfig, dataset, work: Path, holdout=None) -> d
             proba = predict_proba(net, table, **options, **extra)
             metrics[key] = write_split_artifacts(work, key, table, proba, dataset.classes,
                                                  final=mode == "none" and split == splits[-1])
-            log.info("%s: top-1 %.4f  top-5 %.4f  macro F1 %.4f", key, metrics[key]["top1"], metrics[key]["top5"],
-                     metrics[key]["macro_f1"])
+            log.info("%s: top-1 %s  top-5 %.4f  macro F1 %s  (n=%d, 95%% bootstrap intervals)", key,
+                     format_ci(metrics[key]["top1"], metrics[key]["top1_ci"], 4), metrics[key]["top5"],
+                     format_ci(metrics[key]["macro_f1"], metrics[key]["macro_f1_ci"], 4), metrics[key]["n"])
     write_json(work / runs.METRICS, metrics)
     if (work / runs.HISTORY).is_file():
         hist = pd.read_csv(work / runs.HISTORY)
