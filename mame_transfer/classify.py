@@ -19,12 +19,19 @@ Examples::
 
     python -m mame_transfer.classify features/vgg16-ft --with metadata,umap --out results/vgg16-ft
     python -m mame_transfer.classify --metadata-only --data /path/to/MAMe --no-check --out results/metadata
+    python -m mame_transfer.classify features/louvre-448 --with '' --folds 5 --out results/louvre-448-cv
+
+With ``--folds K`` the comparison is cross-validated over train+val (the same folds as ``finetune --folds K`` with
+the same ``--seed``): per fold outputs in ``fold-<i>/``, and ``cv_results.csv`` / ``.md`` with the mean and 95 %
+interval over folds, the pooled out-of-fold scores, and the fold pipelines' ensemble on test
+(:mod:`mame_transfer.classifiers.crossval`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mame_transfer.classifiers.comparison import FEATURE_SETS
@@ -49,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset for --metadata-only (MAMe CSV folder or class-per-folder set)")
     p.add_argument("--toy", action="store_true", help="MAMe layout: read the toy CSV")
     p.add_argument("--no-check", action="store_true", help="do not require the image files (metadata only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the CV folds, UMAP and the random forests")
+    p.add_argument("--seed", type=int, default=0, help="seed of the estimators, UMAP and the folds")
+    p.add_argument("--folds", type=cli.non_negative_int, default=0,
+                   help="K-fold cross-validation over train+val (0 = rank on the val split); test only scored")
     p.add_argument("--out", required=True, help="output folder (results.csv, figures, best_model.skops)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison at --out")
     cli.add_jobs(p, help="parallel cross-validation fits (default: 1)")
@@ -61,11 +70,11 @@ def _classify(a) -> None:
     from mame_transfer.classifiers.comparison import claim_outputs
 
     classifiers = cli.choices_list(a.classifiers, CLASSIFIERS, "classifier") if a.classifiers else list(CLASSIFIERS)
-    with claim_outputs(a.out, overwrite=a.overwrite):  # checked and locked before minutes of fitting
-        _compare(a, classifiers)
+    with claim_outputs(a.out, overwrite=a.overwrite) as existed:  # checked and locked before minutes of fitting
+        _compare(a, classifiers, existed)
 
 
-def _compare(a, classifiers) -> None:
+def _compare(a, classifiers, existed: bool) -> None:
     from mame_transfer.classifiers.comparison import (
         compare,
         feature_sets_for,
@@ -89,10 +98,25 @@ def _compare(a, classifiers) -> None:
         source = source_from_store(a.store, a.feature_set_name)
         sets = cli.choices_list(a.feature_sets, FEATURE_SETS, "feature set") if a.feature_sets \
             else feature_sets_for(a.with_)
+    if a.folds:
+        from mame_transfer.classifiers.comparison import KIND
+        from mame_transfer.classifiers.crossval import cross_validate
+        from mame_transfer.core.fileio import atomic_path
+
+        with atomic_path(a.out, kind=KIND, replace=existed) as tmp:  # written whole, as one comparison folder
+            tmp.mkdir()
+            cv = cross_validate(source, folds=a.folds, out=tmp, seed=a.seed, feature_sets=sets,
+                                classifiers=classifiers, fast=a.fast, umap_components=a.umap_components,
+                                n_jobs=a.jobs or 1, verbose=a.verbose)
+        print((Path(a.out) / "cv_results.md").read_text())
+        print(f"best by mean val top-1 over {a.folds} folds: {cv.iloc[0]['classifier']} on {cv.iloc[0]['feature_set']}"
+              f" -> {a.out}")
+        return
     result = compare(source, feature_sets=sets, classifiers=classifiers, fast=a.fast,
                      umap_components=a.umap_components, seed=a.seed, n_jobs=a.jobs or 1, verbose=a.verbose)
     write_outputs(result, a.out, description=source.description, overwrite=a.overwrite)
-    shown = ["feature_set", "classifier", "val_top1", "val_top5", "val_macro_f1", "test_top1", "fit_s"]
+    shown = ["feature_set", "classifier", "val_n", "val_top1", "val_top1_ci", "val_top5", "val_macro_f1", "test_top1",
+             "test_top1_ci", "fit_s"]
     print(markdown_table(result.table[[c for c in shown if c in result.table]]))
     print(f"best by val top-1: {result.best_row['classifier']} on {result.best_row['feature_set']} -> {a.out}")
 

@@ -44,7 +44,7 @@ def _evaluate(args) -> None:
                      batch_size=args.batch_size, verbose=args.verbose, tta=args.tta,
                      patch_scales=args.patch_scales, patch_power=args.patch_power)
     key = args.split if args.tta == "none" else f"{args.split}_{args.tta}"
-    print(f"{key}: {score_line(m)}")
+    print(f"{key}: {score_line(m)}" + (" ([low, high]: 95 % bootstrap intervals)" if "top1_ci" in m else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,10 +84,15 @@ def _metrics_table(metrics: dict) -> str:
     head = "".join(f"<th>{label}</th>" for _, label in keys)
     rows = []
     for split, m in metrics.items():
-        cells = "".join(f"<td>{m[k]:.4f}</td>" if isinstance(m.get(k), float) else f"<td>{_esc(m.get(k, ''))}</td>"
-                        for k, _ in keys)
+        cells = "".join(f"<td>{m[k]:.4f}{_interval(m.get(k + '_ci'))}</td>" if isinstance(m.get(k), float)
+                        else f"<td>{_esc(m.get(k, ''))}</td>" for k, _ in keys)
         rows.append(f'<tr><td class="l">{_esc(split)}</td>{cells}</tr>')
     return f'<table><tr><th class="l">split</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _interval(ci) -> str:
+    """`` [low, high]`` under a score that has a 95 % interval (top-1, macro F1)."""
+    return f'<br><span class="muted">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' if ci else ""
 
 
 def _per_class_table(m: dict) -> str:

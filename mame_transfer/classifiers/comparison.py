@@ -172,15 +172,21 @@ def _has_proba(estimator) -> bool:
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict:
-    """top-1 (from predict), top-5 (from score ranks; only with more than 5 classes), macro F1."""
+    """n, top-1 (from predict), top-5 (from score ranks; only with more than 5 classes), macro F1, and the
+    bootstrap 95 % intervals of top-1 and macro F1 (as text, ``[low, high]``)."""
     from sklearn.metrics import f1_score
 
+    from mame_transfer.inference.metrics import bootstrap_ci
+
     labels = np.arange(score.shape[1])
-    out = {"top1": float((y_pred == y_true).mean())}
+    ci = bootstrap_ci(y_true, y_pred, score.shape[1])
+    out = {"n": int(len(y_true)), "top1": float((y_pred == y_true).mean()),
+           "top1_ci": f"[{ci['top1'][0]:.4f}, {ci['top1'][1]:.4f}]"}
     if score.shape[1] > 5:  # with 5 classes or fewer every image is in its top 5
         top = np.argsort(-score, axis=1)[:, :5]
         out["top5"] = float((top == y_true[:, None]).any(axis=1).mean())
     out["macro_f1"] = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    out["macro_f1_ci"] = f"[{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]"
     return out
 
 
@@ -220,7 +226,7 @@ def fit_one(name: str, inputs: Inputs, n_classes: int, *, fast: bool = False, se
     predict_s = 0.0
     for split in ("val", "test"):
         if split not in inputs.X:
-            row.update({f"{split}_{k}": np.nan for k in ("top1", "top5", "macro_f1")})
+            row.update({f"{split}_{k}": np.nan for k in ("n", "top1", "top1_ci", "top5", "macro_f1", "macro_f1_ci")})
             continue
         t0 = time.perf_counter()
         y_pred = best.predict(inputs.X[split])
@@ -250,14 +256,16 @@ class Comparison:
     y: dict
     feature_names: list[str]
     predictions: dict = field(default_factory=dict)
+    all_predictions: dict | None = None  # (feature set, classifier) -> {split: (predicted, scores)}, keep_all only
 
 
 def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
             fast: bool = False, umap_components: int = 8, seed: int = 0, n_jobs: int = 1,
-            verbose: int = 1, umap_factory: Callable | None = None) -> Comparison:
+            verbose: int = 1, umap_factory: Callable | None = None, keep_all: bool = False) -> Comparison:
     """Fit every classifier on every feature set; rank by val top-1 (test is never used for any choice).
 
     With ``verbose`` a progress bar counts the fits (with an ETA) and one line per fit gives its scores.
+    ``keep_all``: also keep every pipeline's predictions and class scores per split (cross-validation needs them).
     """
     from mame_transfer.core.progress import bar
 
@@ -266,7 +274,7 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
             raise ConfigError(f"unknown classifier {c!r}. Choose from: {', '.join(CLASSIFIERS)}")
     if "val" not in source.splits:
         raise DataError(f"{source.description}: the comparison ranks pipelines on a 'val' split, which is missing")
-    rows, best, predictions = [], None, {}
+    rows, best, predictions, kept = [], None, {}, {}
     umap_cache: dict = {}
     n_classes = len(source.classes)
     with bar(len(feature_sets) * len(classifiers), "classifier fits", unit="fit", verbose=verbose) as progress:
@@ -277,6 +285,9 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
             for name in classifiers:
                 progress.set_postfix_str(f"{fs} · {name}")
                 model, row, preds = fit_one(name, inputs, n_classes, fast=fast, seed=seed, n_jobs=n_jobs)
+                if keep_all:
+                    kept[(fs, name)] = {split: (p, scores(model, inputs.X[split], n_classes))
+                                        for split, p in preds.items()}
                 row = {"feature_set": fs, "dim": inputs.X["train"].shape[1], **row}
                 rows.append(row)
                 predictions[(fs, name)] = preds
@@ -287,13 +298,15 @@ def compare(source: Source, *, feature_sets: Sequence[str] = FEATURE_SETS, class
                                    f"fit {row['fit_s']:.1f}s", file=sys.stderr)
                 if best is None or row["val_top1"] > best[1]["val_top1"]:
                     best = (model, row, preds, inputs.names, inputs.y)
-    cols = ["feature_set", "classifier", "dim", "val_top1", "val_top5", "val_macro_f1", "test_top1", "test_top5",
-            "test_macro_f1", "cv_top1", "fit_s", "predict_s", "params"]
+    cols = ["feature_set", "classifier", "dim", "val_n", "val_top1", "val_top1_ci", "val_top5", "val_macro_f1",
+            "val_macro_f1_ci", "test_n", "test_top1", "test_top1_ci", "test_top5", "test_macro_f1", "test_macro_f1_ci",
+            "cv_top1", "fit_s", "predict_s", "params"]
     if n_classes <= 5:  # top-5 says nothing with 5 classes or fewer
         cols = [c for c in cols if not c.endswith("_top5")]
     table = pd.DataFrame(rows)[cols]
     model, row, preds, names, y = best
-    return Comparison(table, model, row, preds, list(source.classes), y, names, predictions)
+    return Comparison(table, model, row, preds, list(source.classes), y, names, predictions,
+                      kept if keep_all else None)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -47,6 +47,8 @@ class TrainConfig:
     dropout: float = _f(0.5, "dropout after each hidden head layer")
     l2: float = _f(1e-4, "L2 penalty on head kernels")
     pooling: str = _f("avg", "global pooling of the backbone features", ("avg", "max"))
+    scales: str | None = _f(None, "multi-scale features: input sides, e.g. '224,320,448'; the backbone sees the image "
+                            "at each (shared weights), pooled features concatenated (--image-size: the largest)")
     # --- optimisation
     optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
     lr: float = _f(1e-4, "learning rate")
@@ -62,12 +64,17 @@ class TrainConfig:
     early_stopping: int = _f(5, "stop after this many epochs without val accuracy gain (0 = off)")
     class_weight: str = _f("none", "loss weighting of classes", ("none", "balanced"))
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    augment: bool = _f(True, "random flip and small rotation on training images")
+    augment: bool = _f(True, "augment training images with --augmentations (default: random flip, rotation up to 10 degrees)")
     image_cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch (tf.data cache)",
                            alias="cache")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
     strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
                        ("default", "mirrored"))
+    augmentations: str = _f("flip,rotation:10", "with --augment: Keras preprocessing layers on training batches, comma "
+                            "separated: flip, rotation:DEGREES, zoom:FRACTION, randaugment:MAGNITUDE, mixup:ALPHA, "
+                            "cutmix:FACTOR (mixup/cutmix train on the full network, not the prefix cache)")
+    progressive: str | None = _f(None, "progressive resizing: 'SIZE:EPOCHS[,SIZE:EPOCHS...]' trains the first epochs "
+                                 "at these smaller sizes, the rest at --image-size (each size a phase)")
     # --- speed (see mame_transfer.training.prefix_cache)
     prefix_cache: str = _f("auto", "compute the frozen layers once per image and train the rest on the cached "
                            "tensors: auto (memory if it fits, else disk), off, memory, disk",
@@ -89,6 +96,14 @@ class TrainConfig:
     tta: str = _f("none", "test-time augmentation of the final evaluation", ("none", "flip", "patches"))
     patch_scales: str = _f("1.0,0.7,0.5", "--tta patches: patch sides as fractions of the short side")
     patch_power: float = _f(5.0, "--tta patches: k in score(C) = mean over patches of y(C|P)^k")
+    # --- evaluation (see mame_transfer.training.crossval and mame_transfer.datasets.folds)
+    folds: int = _f(0, "K-fold cross-validation over train+val (test untouched): one run per fold and a summary with "
+                    "confidence intervals (0 = off)")
+    fold: int = _f(0, "with --folds: train only this fold (1..K), e.g. one per machine; 0 = every fold, then the summary")
+    select_on: str = _f("val", "what early stopping, ReduceLROnPlateau and best-epoch selection watch: val, or a "
+                        "stratified slice of train (train-holdout, always with --folds) so val stays a clean estimate",
+                        ("val", "train-holdout"))
+    holdout_fraction: float = _f(0.1, "--select-on train-holdout: share of each class of train held out")
     # --- output
     out: str | None = _f(None, "run directory (default saved_models/<arch>-<timestamp>)")
     runs_dir: str = _f("saved_models", "parent folder of run directories")
@@ -133,6 +148,13 @@ class TrainConfig:
                 self.val_fraction + self.test_fraction >= 1:
             raise ConfigError(f"val_fraction must be in (0, 1), test_fraction in [0, 1), their sum below 1. "
                               f"Received: val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
+        if self.folds and self.folds < 2 or self.folds < 0:
+            raise ConfigError(f"folds must be 0 (off) or at least 2. Received: folds={self.folds}")
+        if not 0 <= self.fold <= self.folds:
+            raise ConfigError(f"fold must be in 1..folds (0 = all) and needs --folds. Received: fold={self.fold}, "
+                              f"folds={self.folds}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1). Received: holdout_fraction={self.holdout_fraction}")
         if not self.demo and not self.data:
             raise ConfigError("no dataset given: pass --data PATH (MAMe folder or class-per-folder set) or --demo")
         return self
@@ -243,9 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, *, skip: tup
                          **{k: v for k, v in kw.items() if k not in ("default", "metavar")})
 
 
-def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None):
-    """Defaults < YAML file < flags given on the command line."""
-    values: dict[str, Any] = {}
+def resolve(cls, args: argparse.Namespace, *, config_path: str | None = None, base: dict[str, Any] | None = None):
+    """Defaults < ``base`` (e.g. a named recipe's options) < YAML file < flags given on the command line."""
+    values: dict[str, Any] = dict(base or {})
     if config_path:
         values.update(load_yaml(config_path))
     names = {f.name for f in fields(cls)}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mame_transfer.core.errors import DataError
+from mame_transfer.datasets import augment as augmentation
 from mame_transfer.datasets.images import DECODE_FAILED, decode_rgb, looks_complete
 
 
@@ -100,7 +101,12 @@ MAX_ROTATION_DEGREES = 10.0
 
 
 def _augment(images, seed):
-    """Random horizontal flip and a small rotation (±MAX_ROTATION_DEGREES), seeded per batch."""
+    """Random horizontal flip and a small rotation (±MAX_ROTATION_DEGREES), seeded per batch.
+
+    The default augmentation (:data:`~mame_transfer.datasets.augment.DEFAULT`, ``flip,rotation:10``) drawn from
+    stateless seeds, for :func:`make_epochs`: Keras's preprocessing layers (:func:`make_pipeline`) draw from
+    stateful generators, which cannot replay an epoch after a resume.
+    """
     import tensorflow as tf
 
     n = tf.shape(images)[0]
@@ -163,13 +169,14 @@ def make_pipeline(
     preprocess: Callable | None,
     batch_size: int,
     training: bool = False,
-    augment: bool = False,
+    augment: bool | str = False,
     shuffle: bool | None = None,
     seed: int = 0,
     cache: bool | str = False,
     drop_remainder: bool = False,
     with_labels: bool = True,
     dct_ratio: bool = False,
+    num_classes: int | None = None,
 ):
     """Build a ``tf.data`` pipeline over a table's ``path`` and ``label_index`` columns.
 
@@ -184,13 +191,16 @@ def make_pipeline(
             augmentation; ``None`` leaves the 0..255 values.
         batch_size: images per batch.
         training: shuffle by default.
-        augment: random horizontal flip + rotation up to ±10 degrees (nothing else).
+        augment: ``True`` (the default layers: horizontal flip, rotation up to ±10 degrees), a spec string of
+            Keras preprocessing layers (:mod:`mame_transfer.datasets.augment`, e.g. ``"flip,zoom:0.2,mixup"``),
+            or ``False``.
         shuffle: shuffle with ``seed``, reshuffling each epoch; default ``training``.
         seed: seed of the shuffle and of the augmentation.
         cache: cache decoded, resized, un-augmented images in memory (``True``) or in this file prefix (str).
         drop_remainder: drop the last incomplete batch.
         with_labels: yield ``(images, int32 labels)``; else images only.
         dct_ratio: decode JPEGs much larger than ``image_size`` at 1/2..1/8 scale (see :func:`decode_and_resize`).
+        num_classes: needed by label-mixing augmentations (MixUp, CutMix), whose labels are soft one-hot vectors.
     """
     import tensorflow as tf
 
@@ -225,10 +235,10 @@ def make_pipeline(
         ds = ds.map(decode, num_parallel_calls=autotune, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: (_augment(batch[0], s), batch[1]), num_parallel_calls=autotune, deterministic=True
-        )
+        ops = augmentation.parse(augment)
+        layers = augmentation.build_layers(ops, seed)
+        # One batch after the other: the layers draw from seeded generators, so a seed gives the same images.
+        ds = ds.map(lambda x, y: augmentation.apply(x, y, layers, num_classes))
     if preprocess is not None:
         ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=autotune, deterministic=True)
     if not with_labels:

@@ -3,6 +3,7 @@
 * :mod:`.backbones`: the registry (one frozen :class:`~.backbones.BackboneSpec` per architecture: builder,
   ``preprocess_input``, default size, ordered blocks, feature layer, weights files) and the offline weights check.
 * :mod:`.build`: one flat ``keras.Model`` with a named head, frozen by block name, BatchNormalization frozen.
+* :mod:`.flatten`: nested sub-models (ConvNeXt's ``Sequential`` stem and downsampling) inlined into one graph.
 """
 
 from mame_transfer.models.backbones import REGISTRY, BackboneSpec

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from urllib.parse import urlparse
 
 from mame_transfer.core.errors import ConfigError, WeightsError
+from mame_transfer.models.flatten import flatten_model
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -295,12 +296,47 @@ def _vgg_blocks() -> tuple[Block, ...]:
     return tuple(Block(f"block{i}", rf"block{i}_") for i in range(1, 6))
 
 
-def _efficientnet_blocks() -> tuple[Block, ...]:
+def _efficientnet_blocks(n: int = 7) -> tuple[Block, ...]:
     return (
         (Block("stem", r"(rescaling|normalization|stem_)"),)
-        + tuple(Block(f"block{i}", rf"block{i}[a-z]_") for i in range(1, 8))
+        + tuple(Block(f"block{i}", rf"block{i}[a-z]_") for i in range(1, n + 1))
         + (Block("top", r"top_"),)
     )
+
+
+def _efficientnet_v2_files(variant: str):
+    def files(include_top: bool, alpha: float, size: int):
+        fname = f"efficientnetv2-{variant}{'' if include_top else '_notop'}.h5"
+        return fname, f"{_GCS}efficientnet_v2/{fname}"
+
+    return files
+
+
+def _convnext_files(size: str):
+    def files(include_top: bool, alpha: float, size_px: int):
+        fname = f"convnext_{size}{'' if include_top else '_notop'}.h5"
+        return fname, f"{_GCS}convnext/{fname}"
+
+    return files
+
+
+def _convnext_blocks(prefix: str) -> tuple[Block, ...]:
+    """Stem, the four stages (each stage's downsampling layers belong to it) and the final LayerNormalization."""
+    stages = [Block("stage0", rf"{prefix}_stage_0_")]
+    stages += [Block(f"stage{i}", rf"{prefix}_(stage_{i}_|downsampling_(layernorm|conv)_{i - 1}$)") for i in range(1, 4)]
+    return (Block("stem", rf"{prefix}_(prestem|stem)_"), *stages, Block("top", rf"{prefix}_top_layernorm$"))
+
+
+def _convnext_builder(fn: str, prefix: str):
+    """A Keras Applications-style builder of a flat ConvNeXt (stem and downsampling ``Sequential`` inlined)."""
+
+    def build(include_top=False, weights=None, input_shape=(None, None, 3), **kwargs):
+        model = _lazy(fn)(include_top=include_top, weights=weights, input_shape=input_shape, **kwargs)
+        last = model.outputs[0]._keras_history[0].name
+        return flatten_model(model, rename={} if include_top else {last: f"{prefix}_top_layernorm"})
+
+    build.__name__ = fn
+    return build
 
 
 def _tiny_builder(include_top=False, weights=None, input_shape=(None, None, 3), **kwargs):
@@ -368,13 +404,28 @@ register(BackboneSpec(
     "conv_pw_13_relu", 1024, _mobilenet_files, top_layers=("global_average_pooling2d", "predictions"),
     accepts_alpha=True, default_freeze="block5", description="MobileNet v1 (alpha = width multiplier)",
 ))
+for _variant, _size, _dim in (("b0", 224, 1280), ("b3", 300, 1536), ("s", 384, 1280)):
+    register(BackboneSpec(
+        f"efficientnetv2{_variant}", _lazy(f"EfficientNetV2{_variant.upper()}"), _pre("efficientnet_v2"), _size,
+        _efficientnet_blocks(6), "top_activation", _dim, _efficientnet_v2_files(_variant),
+        top_layers=("avg_pool", "predictions"), default_freeze="block4",
+        description=f"EfficientNetV2-{_variant.upper()} (Tan & Le 2021; rescaling inside the model)",
+    ))
+for _variant in ("tiny", "small"):
+    register(BackboneSpec(
+        f"convnext_{_variant}", _convnext_builder(f"ConvNeXt{_variant.title()}", f"convnext_{_variant}"),
+        _pre("convnext"), 224, _convnext_blocks(f"convnext_{_variant}"), f"convnext_{_variant}_top_layernorm", 768,
+        _convnext_files(_variant), top_layers=(f"convnext_{_variant}_head_dense",), default_freeze="stage1",
+        description=f"ConvNeXt-{_variant.title()} (Liu et al. 2022; normalisation inside the model)",
+    ))
 register(BackboneSpec(
     "test_tiny", _tiny_builder, _tiny_preprocess, 32,
     tuple(Block(f"block{i}", rf"block{i}_") for i in range(1, 4)), "block3_pool", 32, None, min_size=8, default_freeze="block1",
     description="3-block CNN for tests (no pretrained weights)",
 ))
 
-PRODUCT_ARCHS = ("vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet")
+PRODUCT_ARCHS = ("vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet", "efficientnetv2b0",
+                 "efficientnetv2b3", "efficientnetv2s", "convnext_tiny", "convnext_small")
 
 
 def get(name: str) -> BackboneSpec:

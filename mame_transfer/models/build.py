@@ -65,6 +65,7 @@ def build_model(
     pooling: str = "avg",
     variable_shape: bool = False,
     keep_top: bool = False,
+    scales: Sequence[int] | None = None,
 ):
     """Build backbone + head as one flat model.
 
@@ -81,12 +82,15 @@ def build_model(
         variable_shape: accept any input height and width (``(None, None, 3)``).
         keep_top: VGG only: keep the ImageNet classifier's FC6/FC7 (``fc1``, ``fc2``, 4096 each, after
             ``flatten``) and put the head on ``fc2`` (Oquab et al. 2014); needs the default 224 px input.
+        scales: multi-scale features: the ``image_size`` input is resized (antialiased) to each of these sides,
+            the backbone runs on each with the same layers and weights, and the pooled features
+            (``global_pool_<side>``) are concatenated into ``global_pool``. Resizing commutes with the per-channel
+            affine ``preprocess_input`` of the registry, so preprocessing once at ``image_size`` is exact.
 
     Returns:
         A compiled-ready (not compiled) ``keras.Model`` named ``<arch>_transfer``.
     """
-    import keras
-    from keras import layers, regularizers
+    from keras import layers
 
     spec = backbones.get(arch)
     if num_classes < 2:
@@ -97,6 +101,12 @@ def build_model(
     if size < spec.min_size:
         raise ConfigError(f"{arch} needs images of at least {spec.min_size} px. Received: image_size={size}")
     input_shape = (None, None, 3) if variable_shape else (size, size, 3)
+    if scales:
+        if keep_top or variable_shape:
+            raise ConfigError("multi-scale features need a fixed input size and no keep_top")
+        inputs, x = _multiscale_features(spec, size, parse_scales(scales, size), weights=weights, alpha=alpha,
+                                         pooling=head.pooling)
+        return _with_head(inputs, x, spec, arch, head, num_classes, freeze_until)
     if keep_top:
         if "fc1" not in spec.top_layers:
             raise ConfigError(f"keep_top keeps the ImageNet FC6/FC7 layers (fc1, fc2) of VGG; {arch} has none")
@@ -116,6 +126,14 @@ def build_model(
         x = layers.GlobalMaxPooling2D(name="global_pool")(x)
     else:
         raise ConfigError(f"pooling must be 'avg' or 'max'. Received: pooling={head.pooling!r}")
+    return _with_head(base.inputs, x, spec, arch, head, num_classes, freeze_until)
+
+
+def _with_head(inputs, x, spec, arch: str, head: HeadSpec, num_classes: int, freeze_until):
+    """The named dense head on pooled features ``x``, the model, frozen as asked."""
+    import keras
+    from keras import layers, regularizers
+
     reg = regularizers.L2(head.l2) if head.l2 else None
     for i, width in enumerate(head.widths, start=1):
         x = layers.Dense(width, activation="relu", kernel_regularizer=reg, name=f"head_dense_{i}")(x)
@@ -123,9 +141,42 @@ def build_model(
             x = layers.Dropout(head.dropout, name=f"head_dropout_{i}")(x)
     # float32 softmax keeps mixed-precision training numerically safe.
     outputs = layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, name="predictions", dtype="float32")(x)
-    model = keras.Model(base.inputs, outputs, name=f"{spec.name}_transfer")
+    model = keras.Model(inputs, outputs, name=f"{spec.name}_transfer")
     set_trainable(model, arch, freeze_until)
     return model
+
+
+def parse_scales(text: str | Sequence[int] | None, image_size: int) -> tuple[int, ...]:
+    """``"224,320,448"`` -> ``(224, 320, 448)``: distinct sides, none above the input size ``image_size``."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "none")):
+        return ()
+    try:
+        scales = tuple(int(s) for s in (text.split(",") if isinstance(text, str) else text) if str(s).strip())
+    except ValueError:
+        raise ConfigError(f"--scales must be comma-separated pixel sides like 224,320,448. Received: {text!r}") from None
+    if len(set(scales)) != len(scales) or any(s < 8 or s > image_size for s in scales):
+        raise ConfigError(f"--scales must be distinct sides from 8 to --image-size {image_size}. Received: {text!r}")
+    return scales
+
+
+def _multiscale_features(spec, size: int, scales: Sequence[int], *, weights, alpha: float, pooling: str):
+    """``(input, concatenated pooled features)``: one backbone, its layers called once per scale (flat graph)."""
+    import keras
+    from keras import layers
+
+    base = spec.build(weights=weights, input_shape=(None, None, 3), alpha=alpha)
+    trunk = keras.Model(base.inputs, base.get_layer(spec.feature_layer).output)
+    inputs = keras.Input((size, size, 3), name="image")
+    pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+    if pooling not in ("avg", "max"):
+        raise ConfigError(f"pooling must be 'avg' or 'max'. Received: pooling={pooling!r}")
+    pooled = []
+    for side in scales:
+        x = inputs if side == size else layers.Resizing(side, side, antialias=True, name=f"scale_{side}")(inputs)
+        # The trunk's layers are called on x directly (no nested model): every layer stays addressable by name.
+        feat = trunk._run_through_graph(x, operation_fn=lambda op: op)
+        pooled.append(pool(name=f"global_pool_{side}")(feat[0] if isinstance(feat, (list, tuple)) else feat))
+    return inputs, layers.Concatenate(name="global_pool")(pooled)
 
 
 def layer_output(model, name: str, *, spatial: bool = False, purpose: str = "this analysis"):

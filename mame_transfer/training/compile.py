@@ -47,19 +47,62 @@ def compile_model(model, config: TrainConfig, num_classes: int, *, total_steps: 
 
         optimizer = block_optimizer(model, config.arch, config.block_lr, config.lr, lambda lr: make_optimizer(
             dataclasses.replace(config, lr=lr, block_lr=None), total_steps=total_steps))
+    if soft_labels(config):  # MixUp / CutMix: soft training labels, integer val labels
+        loss = _SmoothedSparseCE(config.label_smoothing, num_classes)
+        metrics = [keras.metrics.MeanMetricWrapper(_accuracy, name="accuracy")]
+        if num_classes > 5:  # with 5 classes or fewer every image is in its top 5
+            metrics.append(keras.metrics.MeanMetricWrapper(_top_k(5), name="top5"))
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy() if not config.label_smoothing else \
+            _SmoothedSparseCE(config.label_smoothing, num_classes)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if num_classes > 5:  # with 5 classes or fewer every image is in its top 5
+            metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"))
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy()
-        if not config.label_smoothing else _SmoothedSparseCE(config.label_smoothing, num_classes),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        + ([keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")] if num_classes > 5 else []),
+        loss=loss,
+        metrics=metrics,
         jit_compile=True if config.jit_compile else "auto",  # auto: XLA on GPU, not on CPU
     )
     return model
 
 
+def soft_labels(config: TrainConfig) -> bool:
+    """Whether training labels are soft one-hot vectors (label-mixing augmentations are on)."""
+    from mame_transfer.datasets.augment import mixes_labels
+
+    return bool(config.augment) and mixes_labels(config.augmentations)
+
+
+def _class_indices(y_true, num_classes: int):
+    """Integer labels from integer or one-hot / soft labels (the argmax)."""
+    from keras import ops
+
+    if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+        return ops.argmax(y_true, axis=-1)
+    return ops.cast(ops.reshape(y_true, (-1,)), "int32")
+
+
+def _accuracy(y_true, y_pred):
+    from keras import ops
+
+    return ops.cast(ops.equal(_class_indices(y_true, y_pred.shape[-1]), ops.argmax(y_pred, axis=-1)), "float32")
+
+
+def _top_k(k: int):
+    def top_k(y_true, y_pred):
+        from keras import ops
+
+        labels = ops.cast(_class_indices(y_true, y_pred.shape[-1]), "int32")
+        return ops.cast(ops.in_top_k(labels, y_pred, k), "float32")
+
+    top_k.__name__ = f"top{k}"
+    return top_k
+
+
 class _SmoothedSparseCE:
-    """Sparse labels with label smoothing (Keras's sparse loss has no ``label_smoothing``)."""
+    """Cross-entropy with label smoothing on integer labels (Keras's sparse loss has no ``label_smoothing``) or on
+    soft one-hot labels (MixUp, CutMix), whichever a batch holds."""
 
     def __init__(self, smoothing: float, num_classes: int):
         import keras
@@ -71,7 +114,8 @@ class _SmoothedSparseCE:
     def __call__(self, y_true, y_pred, sample_weight=None):
         from keras import ops
 
-        y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
+        if not (len(y_true.shape) == 2 and y_true.shape[-1] == self.num_classes and self.num_classes > 1):
+            y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
         return self._loss(y_true, y_pred, sample_weight=sample_weight)
 
 

@@ -29,7 +29,7 @@ from mame_transfer.inference.metrics import (
 from mame_transfer.inference.predict import predict_proba, prediction_options
 from mame_transfer.training import runs
 
-ENSEMBLE_COLUMNS = ("model", "weight", "top1", "top3", "top5", "macro_f1")
+ENSEMBLE_COLUMNS = ("model", "weight", "n", "top1", "top1_ci", "top3", "top5", "macro_f1", "macro_f1_ci")
 EVALUATION_KIND = "evaluation"  # owner kinds of an evaluate --out folder and of an ensemble folder
 ENSEMBLE_KIND = "ensemble"
 
@@ -169,9 +169,12 @@ def _ensemble(members: list[Path], split, weighted, data_path, out: Path | None,
     ens = compute_metrics(table["label_index"].to_numpy(), mix, classes)
     total = float(sum(weights))
     columns = [c for c in ENSEMBLE_COLUMNS if c in ("model", "weight") or c in ens]
-    rows = [{"model": n, "weight": w / total, **{k: member_metrics[n][k] for k in columns[2:]}}
-            for n, w in zip(names, weights)]
-    rows.append({"model": "ensemble", "weight": 1.0, **{k: ens[k] for k in columns[2:]}})
+
+    def cells(m: dict) -> dict:
+        return {k: (f"[{m[k][0]:.4f}, {m[k][1]:.4f}]" if k.endswith("_ci") else m[k]) for k in columns[2:]}
+
+    rows = [{"model": n, "weight": w / total, **cells(member_metrics[n])} for n, w in zip(names, weights)]
+    rows.append({"model": "ensemble", "weight": 1.0, **cells(ens)})
     frame = pd.DataFrame(rows, columns=columns)
     result = {"split": split, "weighted": weighted, "tta": tta, "members": [str(r) for r in members],
               "weights": dict(zip(names, (w / total for w in weights))), "member_metrics": member_metrics,

@@ -50,7 +50,7 @@ class Cut:
     """A split of a flat model into a frozen prefix and a trainable suffix.
 
     Attributes:
-        index: index in ``model.layers`` of the last layer the prefix computes.
+        index: index in ``model.operations`` of the last layer or operation the prefix computes.
         layer_name: that layer's name (its output is the only tensor crossing the cut).
         prefix: ``keras.Model(model.inputs, boundary tensor)``.
         suffix: ``keras.Model(boundary tensor, model.outputs)``; same layer objects as ``model``.
@@ -78,13 +78,19 @@ def _producer(tensor):
     return history[0] if history is not None else None
 
 
-def crossing_tensors(model, index: int) -> list:
-    """Tensors produced by ``model.layers[:index + 1]`` and consumed by a later layer (or a model output)."""
-    layers = model.layers
-    prefix_ids = {id(layer) for layer in layers[: index + 1]}
+def _graph_nodes(model) -> set[int]:
+    """The nodes of ``model``'s own graph: a layer also keeps the nodes of other models built on it (an earlier
+    cut's suffix model), which must not count as consumers."""
+    return {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
+
+
+def _crossing(model, ops: list, k: int, nodes: set[int]) -> list:
+    prefix_ids = {id(op) for op in ops[: k + 1]}
     found: dict[int, object] = {}
-    for layer in layers[index + 1:]:
-        for node in layer._inbound_nodes:
+    for op in ops[k + 1:]:
+        for node in op._inbound_nodes:
+            if id(node) not in nodes:
+                continue
             for tensor in node.input_tensors:
                 if id(_producer(tensor)) in prefix_ids:
                     found[id(tensor)] = tensor
@@ -92,6 +98,13 @@ def crossing_tensors(model, index: int) -> list:
         if id(_producer(tensor)) in prefix_ids:
             found[id(tensor)] = tensor
     return list(found.values())
+
+
+def crossing_tensors(model, index: int) -> list:
+    """Tensors produced by ``model.layers[:index + 1]`` (and the operations between them) and consumed later in
+    the model's graph (or a model output)."""
+    ops = list(model.operations)
+    return _crossing(model, ops, ops.index(model.layers[index]), _graph_nodes(model))
 
 
 def _is_stochastic(layer) -> bool:
@@ -117,26 +130,36 @@ def find_cut(model, index: int, *, extend: bool = True):
         return None, "nothing is frozen (no prefix to cache)"
     if index >= len(layers) - 1:
         return None, "every layer is frozen (nothing to train)"
-    crossing = crossing_tensors(model, index)
+    ops, nodes = list(model.operations), _graph_nodes(model)  # layers and plain operations (x + y), in order
+    k = ops.index(layers[index])
+    crossing = _crossing(model, ops, k, nodes)
+    first = crossing
+    # Several tensors may cross at a block's end and merge in the weightless, deterministic operations after it
+    # (ConvNeXt's residual x + f(x); the per-scale poolings and their concatenation of a multi-scale model):
+    # move the cut over them until one tensor crosses.
+    while len(crossing) != 1 and k + 1 < len(ops) - 1 and not getattr(ops[k + 1], "weights", None) \
+            and not _is_stochastic(ops[k + 1]):
+        k += 1
+        crossing = _crossing(model, ops, k, nodes)
     if len(crossing) != 1:
-        names = sorted({_producer(t).name for t in crossing})
-        return None, (f"{len(crossing)} tensors cross the cut after layer {layers[index].name!r} "
+        names = sorted({_producer(t).name for t in first})
+        return None, (f"{len(first)} tensors cross the cut after layer {layers[index].name!r} "
                       f"({', '.join(names)}); a single boundary tensor is needed")
-    while extend and index + 1 < len(layers) - 1:
-        nxt = layers[index + 1]
-        if nxt.weights or _is_stochastic(nxt):
+    while extend and k + 1 < len(ops) - 1:
+        nxt = ops[k + 1]
+        if getattr(nxt, "weights", None) or _is_stochastic(nxt):
             break
-        ahead = crossing_tensors(model, index + 1)
+        ahead = _crossing(model, ops, k + 1, nodes)
         if len(ahead) != 1:
             break
-        index, crossing = index + 1, ahead
+        k, crossing = k + 1, ahead
     tensor = crossing[0]
     producer = _producer(tensor)
     prefix = keras.Model(model.inputs, tensor, name=f"{model.name}_prefix")
     suffix = keras.Model(tensor, model.outputs, name=f"{model.name}_suffix")
     stochastic = [layer.name for layer in prefix.layers if _is_stochastic(layer)]
     shape = tuple(int(d) for d in tensor.shape[1:])
-    return Cut(index, producer.name, prefix, suffix, shape, stochastic), ""
+    return Cut(k, producer.name, prefix, suffix, shape, stochastic), ""
 
 
 # ------------------------------------------------------------------------------------------------- the store
@@ -210,18 +233,23 @@ def prefix_function(cut: Cut, *, jit_compile: bool = False):
 
 
 def cached_pipeline(cache: FeatureCache, labels: np.ndarray, *, batch_size: int, shuffle: bool = False, seed: int = 0,
-                    copies: int = 1, dtype: str = "float32"):
+                    copies: int = 1, dtype: str = "float32", rows: np.ndarray | None = None):
     """A ``tf.data`` pipeline of ``(boundary tensors, labels)`` read from ``cache``.
 
-    With ``copies`` > 1 the cache holds ``copies`` blocks of ``len(labels)`` rows (one augmented view each) and
-    every epoch draws one view per image at random.
+    With ``copies`` > 1 the cache holds ``copies`` blocks of equal length (one augmented view of every image each)
+    and every epoch draws one view per image at random. ``rows`` maps image ``i`` (``labels[i]``) to its row in
+    each block, for a cache shared by several runs (:func:`build_phase` with a pool); default: row ``i``.
     """
     import tensorflow as tf
 
     labels = np.asarray(labels, np.int32)
     n = len(labels)
-    if cache.rows != n * copies:
+    block = cache.rows // copies if rows is not None else n
+    if cache.rows != block * copies or (rows is None and cache.rows != n * copies):
         raise ConfigError(f"cache holds {cache.rows} rows, expected {n} images x {copies} copies")
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) != n or (n and (rows.min() < 0 or rows.max() >= block)):
+        raise ConfigError(f"cache rows do not match: {len(rows)} rows for {n} labels in blocks of {block}")
     array = cache.array
     ds = tf.data.Dataset.range(n)
     if shuffle:
@@ -232,7 +260,11 @@ def cached_pipeline(cache: FeatureCache, labels: np.ndarray, *, batch_size: int,
     ds = ds.batch(batch_size)
 
     def gather(idx):
-        return np.ascontiguousarray(array[idx]), labels[idx % n]
+        image = idx % n
+        order = np.argsort(rows[image] + block * (idx // n), kind="stable")  # memmaps read fastest in order
+        x = np.empty((len(idx), *cache.shape), array.dtype)
+        x[order] = array[(rows[image] + block * (idx // n))[order]]
+        return x, labels[image]
 
     out_dtype = tf.as_dtype(cache.dtype.name)
 
@@ -281,7 +313,7 @@ def plan_phase(model, boundary: int, *, mode: str, n_train: int, n_val: int, aug
         boundary: index of the last frozen layer.
         mode: ``auto`` | ``off`` | ``memory`` | ``disk``.
         n_train, n_val: images per split.
-        augment: augmentation is on for training.
+        augment: the training augmentation (a spec of :mod:`mame_transfer.datasets.augment`, True, or False).
         augment_copies: augmented views kept per image (0 = full network when augmenting).
         epochs: epochs this phase runs (auto skips the cache when filling it costs as much as the epochs).
         dtype: stored dtype.
@@ -293,6 +325,10 @@ def plan_phase(model, boundary: int, *, mode: str, n_train: int, n_val: int, aug
         return Plan("full", "--prefix-cache off")
     copies = 1
     if augment:
+        from mame_transfer.datasets.augment import mixes_labels
+
+        if mixes_labels(augment):
+            return Plan("full", f"--augmentations {augment} mixes images and labels (cannot be cached per image)")
         if augment_copies <= 0:
             return Plan("full", "augmentation is on and --augment-copies is 0 (cached tensors cannot be augmented)")
         copies = int(augment_copies)
@@ -341,7 +377,7 @@ class CachedPhase:
             c.close()
 
 
-def _fill_split(cut: Cut, fn, make_images: Callable, n: int, copies: int, dtype: str, path: Path | None,
+def fill_split(cut: Cut, fn, make_images: Callable, n: int, copies: int, dtype: str, path: Path | None,
                 key: dict) -> FeatureCache:
     """Compute (or reopen, when a complete disk cache with the same key exists) one split's cache."""
     marker = path.with_suffix(".json") if path is not None else None
@@ -388,12 +424,12 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
 
     folder = Path(cache_dir) / PREFIX_CACHE_DIR if disk else None
     train_key = dict(base, split="train", n=len(train_table), copies=plan.copies, augment=augment, seed=seed,
-                     files=_table_hash(train_table))
-    val_key = dict(base, split="val", n=len(val_table), files=_table_hash(val_table))
-    name = f"{cut.layer_name}-{stamp}"
-    train_cache = _fill_split(cut, fn, images(train_table, augment), len(train_table), plan.copies, dtype,
+                     files=table_hash(train_table))
+    val_key = dict(base, split="val", n=len(val_table), files=table_hash(val_table))
+    name = f"{cut.layer_name}-{stamp}-{image_size}px"  # one file per input size (a search may vary it)
+    train_cache = fill_split(cut, fn, images(train_table, augment), len(train_table), plan.copies, dtype,
                               folder / f"{name}-train.npy" if disk else None, train_key)
-    val_cache = _fill_split(cut, fn, images(val_table, False), len(val_table), 1, dtype,
+    val_cache = fill_split(cut, fn, images(val_table, False), len(val_table), 1, dtype,
                             folder / f"{name}-val.npy" if disk else None, val_key)
     fill = time.perf_counter() - t0
     in_dtype = cut.suffix.inputs[0].dtype
@@ -405,30 +441,5 @@ def build_phase(plan: Plan, *, train_table, val_table, image_size: int, preproce
     return CachedPhase(plan, train_ds, val_ds, [train_cache, val_cache], fill)
 
 
-def _table_hash(table) -> str:
+def table_hash(table) -> str:
     return hashlib.sha1("\n".join(table["path"].astype(str)).encode()).hexdigest()[:16]
-
-
-def phase_inputs(net, config, freeze: str, train_table, val_table, work_dir, train_ds, val_ds, *, epochs: int):
-    """What ``finetune`` fits in one phase: ``(model, train pipeline, val pipeline, route description)``.
-
-    Returns the full network and the image pipelines unchanged when the cache does not apply; the description
-    says which route runs and why (it goes to the run log).
-    """
-    from mame_transfer.models import backbones
-    from mame_transfer.models import build as model_mod
-
-    if config.shape != "fixed":
-        return net, train_ds, val_ds, "full network (--shape variable: image sizes differ between batches)"
-    boundary = model_mod.frozen_boundary(net, config.arch, freeze)
-    plan = plan_phase(net, boundary, mode=config.prefix_cache, n_train=len(train_table), n_val=len(val_table),
-                      augment=config.augment, augment_copies=config.augment_copies, epochs=epochs,
-                      dtype=config.prefix_cache_dtype, disk_dir=work_dir)
-    if plan.route == "full":
-        return net, train_ds, val_ds, f"full network ({plan.reason})"
-    phase = build_phase(plan, train_table=train_table, val_table=val_table, image_size=config.image_size,
-                        preprocess=backbones.get(config.arch).preprocess, batch_size=config.batch_size,
-                        seed=config.seed, augment=config.augment, dtype=config.prefix_cache_dtype, cache_dir=work_dir,
-                        jit_compile=config.jit_compile, steps_repeat=bool(config.steps_per_epoch))
-    return phase.model, phase.train_ds, phase.val_ds, (f"{plan.route} prefix cache ({plan.reason}; filled in "
-                                                       f"{phase.fill_seconds:.1f} s)")

@@ -68,6 +68,10 @@ def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), 
                 run_dir: str | Path | None = None):
     """Load the dataset a config names (``--demo`` generates the demo set on first use).
 
+    A fold of a cross-validation (``config.fold`` > 0) gets its own train/val split of train+val
+    (:func:`mame_transfer.datasets.folds.fold_dataset`: stratified by ``config.seed``), so every reader of the run
+    (evaluate, ensemble, report) sees the split it was trained on.
+
     Args:
         require: splits that must be present.
         check_images: override ``config.check_images`` (readers of a finished run skip the image check).
@@ -88,6 +92,17 @@ def dataset_for(config: TrainConfig, require: Sequence[str] = ("train", "val"), 
     if run_dir is not None and (Path(run_dir) / SPLITS).is_file() and not config.demo \
             and detect_layout(path) == "flat":
         return load_dataset(Path(run_dir) / SPLITS, museum=config.museum, check_files=check, require=tuple(require))
+    if config.fold:
+        from mame_transfer.datasets.folds import fold_dataset
+
+        dataset = load_dataset(path, toy=config.toy, images=config.images, museum=config.museum, check_files=check,
+                               require=tuple(s for s in require if s not in ("train", "val")),
+                               val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                               split_seed=config.split_seed)
+        dataset = fold_dataset(dataset, config.folds, config.fold, config.seed)
+        for split in require:
+            dataset.split(split)  # the same error as load_dataset's when a required split is empty
+        return dataset
     return load_dataset(path, toy=config.toy, images=config.images, museum=config.museum, check_files=check,
                         require=tuple(require), val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                         split_seed=config.split_seed)
@@ -99,7 +114,8 @@ def resolved_config(config: TrainConfig) -> TrainConfig:
     from mame_transfer.models import backbones
 
     spec = backbones.get(config.arch)
-    return dataclasses.replace(config, arch=spec.name, image_size=config.image_size or spec.default_size,
+    largest = max(int(s) for s in str(config.scales).split(",") if s.strip()) if config.scales else None
+    return dataclasses.replace(config, arch=spec.name, image_size=config.image_size or largest or spec.default_size,
                                freeze_until=spec.resolve_freeze(config.freeze_until),
                                data=os.path.abspath(config.data) if config.data else config.data,
                                images=os.path.abspath(config.images) if config.images else config.images)

@@ -7,6 +7,7 @@ a phase whose frozen layers can be computed once goes through :mod:`mame_transfe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from mame_transfer.training.compile import (
     strategy_scope,
     tensorboard_callback,
 )
+from mame_transfer.training.phases import augment_spec, plan_phases
 
 log = logging.getLogger("mame_transfer")
 
@@ -51,8 +53,11 @@ def _callback_state(cb) -> dict:
 
 
 def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
-                        restore: dict | None, full_model=None):
-    """The last callback of every epoch: keeps the best weights (val accuracy), then saves the resume state."""
+                        restore: dict | None, full_model=None, track_best: bool = True):
+    """The last callback of every epoch: keeps the best weights (selection accuracy), then saves the resume state.
+
+    ``track_best`` is False in progressive-resizing phases below the final size (their scores are not comparable).
+    """
     import keras
 
     class _EpochEnd(keras.callbacks.Callback):
@@ -67,7 +72,7 @@ def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, bes
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             score = logs.get("val_accuracy")
-            if score is not None and score > best.get("val_accuracy", -1.0):
+            if track_best and score is not None and score > best.get("val_accuracy", -1.0):
                 best.update({"val_accuracy": float(score), "epoch": int(epoch) + 1})
                 with atomic_path(best_path) as tmp:
                     (self.model if full_model is None else full_model).save_weights(tmp)
@@ -100,7 +105,7 @@ def _stop_on_nan(work: Path, config: TrainConfig):
 
 
 def _build(config: TrainConfig, num_classes: int, strategy):
-    """The flat model of a run, with the transfer methods' initialisation applied."""
+    """The flat model of a run, with the transfer methods' initialisation applied (at ``config.image_size``)."""
     from mame_transfer.models.build import build_model
     from mame_transfer.training import methods
 
@@ -108,15 +113,32 @@ def _build(config: TrainConfig, num_classes: int, strategy):
         net = build_model(config.arch, num_classes, image_size=config.image_size, weights=config.weights,
                           head=config.head, dropout=config.dropout, l2=config.l2,
                           freeze_until="all" if config.warmup_epochs else config.freeze_until, alpha=config.alpha,
-                          pooling=config.pooling, variable_shape=config.shape == "variable", keep_top=config.keep_top)
+                          pooling=config.pooling, variable_shape=config.shape == "variable", keep_top=config.keep_top,
+                          scales=config.scales)
         if config.init_from:  # double fine-tuning (Gonthier et al.)
             methods.init_from_run(net, config.init_from, arch=config.arch, alpha=config.alpha)
         methods.reinit_until(net, config.arch, config.reinit_until, seed=config.seed)
     return net
 
 
-def image_pipelines(config: TrainConfig, train_t, val_t):
-    """Train and val ``tf.data`` pipelines: fixed shape, or aspect kept with a pixel budget (``--shape variable``)."""
+def _resized(net, config: TrainConfig, num_classes: int, size: int, strategy):
+    """The same network at another input size (progressive resizing): same layers, the current weights."""
+    from mame_transfer.models.build import build_model
+
+    with strategy_scope(strategy):
+        other = build_model(config.arch, num_classes, image_size=size, weights="none", head=config.head,
+                            dropout=config.dropout, l2=config.l2, freeze_until="all", alpha=config.alpha,
+                            pooling=config.pooling)
+    other.set_weights(net.get_weights())
+    return other
+
+
+def image_pipelines(config: TrainConfig, train_t, val_t, num_classes: int | None = None):
+    """Train and val ``tf.data`` pipelines: fixed shape, or aspect kept with a pixel budget (``--shape variable``).
+
+    ``num_classes`` is needed when the augmentations mix labels (MixUp, CutMix).
+    """
+    from mame_transfer.datasets import augment as augmentation
     from mame_transfer.datasets import varshape
     from mame_transfer.datasets.pipeline import make_pipeline
     from mame_transfer.models import backbones
@@ -124,26 +146,33 @@ def image_pipelines(config: TrainConfig, train_t, val_t):
     preprocess = backbones.get(config.arch).preprocess
     if config.shape == "variable":  # batches bucketed by aspect ratio
         vs = dict(pixels=config.pixels, preprocess=preprocess, batch_size=config.batch_size, seed=config.seed)
+        if config.augment and config.augmentations not in ("flip", augmentation.DEFAULT):
+            log.warning("--shape variable augments with a horizontal flip only (--augmentations %r not applied)",
+                        config.augmentations)
         return (varshape.make_pipeline(train_t, training=True, augment=config.augment, **vs),
                 varshape.make_pipeline(val_t, training=False, **vs))
     pipe = dict(image_size=config.image_size, preprocess=preprocess, batch_size=config.batch_size, seed=config.seed,
                 cache=config.image_cache)
-    return (make_pipeline(train_t, training=True, augment=config.augment, **pipe),
+    return (make_pipeline(train_t, training=True, augment=augment_spec(config), num_classes=num_classes, **pipe),
             make_pipeline(val_t, training=False, augment=False, **pipe))
 
 
-def _train_stream(config: TrainConfig, train_t, start_epoch: int, steps: int):
+def _train_stream(config: TrainConfig, train_t, start_epoch: int, steps: int, image_size: int):
     """The training batches from ``start_epoch`` on, each epoch seeded by its number (``None``: not available).
 
     With it a run resumed after ``kill -9`` sees the same order and augmentation as an uninterrupted one. The
-    variable-shape and in-memory image cache pipelines keep tf.data's own reshuffling (None).
+    variable-shape and in-memory image cache pipelines, and augmentations other than the default flip + rotation
+    (Keras layers with stateful generators), keep tf.data's own reshuffling (None).
     """
+    from mame_transfer.datasets import augment as augmentation
     from mame_transfer.datasets.pipeline import make_epochs
     from mame_transfer.models import backbones
 
     if config.shape != "fixed" or config.image_cache:
         return None
-    return make_epochs(train_t, start_epoch=start_epoch, steps=steps, image_size=config.image_size,
+    if config.augment and augmentation.parse(config.augmentations) != augmentation.parse(augmentation.DEFAULT):
+        return None
+    return make_epochs(train_t, start_epoch=start_epoch, steps=steps, image_size=image_size,
                        preprocess=backbones.get(config.arch).preprocess, batch_size=config.batch_size,
                        augment=config.augment, seed=config.seed)
 
@@ -165,8 +194,14 @@ def _reseed_each_epoch(seed: int):
     return _Reseed()
 
 
-def train(config: TrainConfig) -> Path:
-    """Fine-tune according to ``config``; returns the finished run directory."""
+def train(config: TrainConfig, *, pool=None) -> Path:
+    """Fine-tune according to ``config``; returns the finished run directory.
+
+    Args:
+        pool: ``(table, folder)``: compute prefix caches over every image of ``table`` (a superset of this run's
+            train and selection rows) in ``folder``, where runs on other subsets of it reuse them (the folds of a
+            cross-validation).
+    """
     import keras
 
     from mame_transfer.training import methods
@@ -180,30 +215,39 @@ def train(config: TrainConfig) -> Path:
     # A resumed run on flat class folders keeps the split it started with (images may have been added since).
     dataset = runs.dataset_for(config, run_dir=work if resuming else None)
     with runs.open_run(config, dataset) as (final, work, resuming), named_image_errors():  # locked, checked
-        return _train(config, dataset, final, work, resuming)
+        return _train(config, dataset, final, work, resuming, pool)
 
 
-def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool) -> Path:
+def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool, pool=None) -> Path:
     """The body of :func:`train`, with the run's folders locked and checked."""
     import keras
 
+    from mame_transfer.datasets.folds import holdout_split
     from mame_transfer.models.build import set_trainable, trainable_summary
-    from mame_transfer.training import prefix_cache
+    from mame_transfer.training import routes
+
+    phases = plan_phases(config)
 
     classes = dataset.classes
     train_t, val_t = dataset.split("train"), dataset.split("val")
+    select_t = val_t
+    if config.select_on == "train-holdout" or config.folds:  # val stays untouched until the final scores
+        train_t, select_t = holdout_split(train_t, config.holdout_fraction, config.seed)
     handler = _log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
                  len(train_t), len(val_t), f" / test {len(dataset.split('test'))}" if "test" in dataset.subsets else "")
+        if config.folds:
+            log.info("fold %d of %d (seed %d): val is this fold's share of train+val", config.fold, config.folds,
+                     config.seed)
+        if select_t is not val_t:
+            log.info("early stopping, schedule and best epoch watch a train holdout of %d images (the val_* columns "
+                     "of %s); val is scored only at the end", len(select_t), runs.HISTORY)
         if config.mixed_precision != "none":  # set before building: layers take the global policy
             keras.mixed_precision.set_global_policy(config.mixed_precision)
         strategy = make_strategy(config.strategy)
         net = _build(config, len(classes), strategy)
-        train_ds, val_ds = image_pipelines(config, train_t, val_t)
         steps = config.steps_per_epoch or int(np.ceil(len(train_t) / config.batch_size))
-        if config.steps_per_epoch:
-            train_ds = train_ds.repeat()
         cw = class_weights(train_t["label_index"].to_numpy(), len(classes), config.class_weight)
 
         resume = runs.ResumeState(work)
@@ -214,18 +258,23 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
             net.load_weights(resume.dir / state["weights"])
             log.info("resuming after epoch %d (best val accuracy so far %.4f)", start, best.get("val_accuracy", 0))
             runs.truncate_history(work / runs.HISTORY, start)
-        phases = ([(0, config.warmup_epochs, "all")] if config.warmup_epochs else []) + \
-            [(config.warmup_epochs, config.epochs, config.freeze_until)]
         stopped = False
-        for phase, (p_start, p_end, freeze) in enumerate(phases):
+        for phase, (p_start, p_end, freeze, size) in enumerate((p.start, p.end, p.freeze, p.size) for p in phases):
             if start >= p_end or stopped:
                 continue
+            if net.input_shape[1] != size:  # progressive resizing: same weights, another input size
+                net = _resized(net, config, len(classes), size, strategy)
+            sized = dataclasses.replace(config, image_size=size)
+            train_ds, val_ds = image_pipelines(sized, train_t, select_t, len(classes))
+            if config.steps_per_epoch:
+                train_ds = train_ds.repeat()
             set_trainable(net, config.arch, freeze)
-            stream = _train_stream(config, train_t, max(start, p_start), steps)
+            stream = _train_stream(config, train_t, max(start, p_start), steps, size)
             phase_ds = stream if stream is not None else train_ds
             # The frozen-prefix cache swaps in the suffix model and cached pipelines when it applies.
-            fit_net, fit_train, fit_val, route = prefix_cache.phase_inputs(
-                net, config, freeze, train_t, val_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start))
+            fit_net, fit_train, fit_val, route = routes.phase_inputs(
+                net, sized, freeze, train_t, select_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start),
+                pool=pool)
             epochwise = stream is not None and fit_train is stream  # endless: steps_per_epoch bounds each epoch
             with strategy_scope(strategy):  # optimizer variables must be mirrored like the model's
                 compile_model(fit_net, config, len(classes), total_steps=steps * (p_end - p_start))
@@ -235,14 +284,15 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                     log.warning("optimizer state could not be restored; continuing with a fresh optimizer")
                 restore = state["callbacks"]
             summary = trainable_summary(net)
-            log.info("phase %d: epochs %d-%d, freeze until %s, %s trainable / %s frozen parameters, route: %s",
-                     phase + 1, max(start, p_start) + 1, p_end, freeze,
+            log.info("phase %d: epochs %d-%d, freeze until %s, %d px, %s trainable / %s frozen parameters, route: %s",
+                     phase + 1, max(start, p_start) + 1, p_end, freeze, size,
                      f"{summary['trainable_params']:,}", f"{summary['frozen_params']:,}", route)
             tracked = schedule_callbacks(config)
             callbacks = [_stop_on_nan(work, config), _reseed_each_epoch(config.seed)] + list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
                 *([tensorboard_callback(work / runs.TENSORBOARD_DIR)] if config.tensorboard else []),
-                _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
+                _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net,
+                                    track_best=size == config.image_size),
             ]
             fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
                         steps_per_epoch=steps if config.steps_per_epoch or epochwise else None, class_weight=cw,
@@ -253,11 +303,13 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                 log.info("early stopping after epoch %d", es.stopped_epoch + 1)
                 stopped = phase == len(phases) - 1
 
+        if net.input_shape[1] != config.image_size:  # stopped early in a smaller progressive phase
+            net = _resized(net, config, len(classes), config.image_size, strategy)
         if (work / runs.BEST_WEIGHTS).is_file():
             net.load_weights(work / runs.BEST_WEIGHTS)
-            log.info("restored best weights: epoch %s, val accuracy %.4f", best.get("epoch"),
-                     best.get("val_accuracy", 0))
-        finish_run(net, config, dataset, work)
+            log.info("restored best weights: epoch %s, %s accuracy %.4f", best.get("epoch"),
+                     "val" if select_t is val_t else "holdout", best.get("val_accuracy", 0))
+        finish_run(net, config, dataset, work, holdout=None if select_t is val_t else select_t)
         with atomic_path(work / runs.MODEL) as tmp:
             net.save(tmp)
     finally:
@@ -270,8 +322,11 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
     return final
 
 
-def finish_run(net, config: TrainConfig, dataset, work: Path) -> dict:
-    """Evaluate on val and test (when present) and write metrics, reports, predictions and plots."""
+def finish_run(net, config: TrainConfig, dataset, work: Path, holdout=None) -> dict:
+    """Evaluate on val and test (when present) and write metrics, reports, predictions and plots.
+
+    ``holdout``: the train slice that picked the best epoch (``--select-on train-holdout``), scored as ``holdout``.
+    """
     import pandas as pd
 
     from mame_transfer.core import plots
@@ -285,6 +340,9 @@ def finish_run(net, config: TrainConfig, dataset, work: Path) -> dict:
         {"none": {}, config.tta: dict(tta=config.tta, patch_scales=config.patch_scales,
                                       patch_power=config.patch_power)}
     metrics = {}
+    if holdout is not None:
+        proba = predict_proba(net, holdout, **options)
+        metrics["holdout"] = write_split_artifacts(work, "holdout", holdout, proba, dataset.classes)
     for split in splits:
         table = dataset.split(split)
         for mode, extra in tta.items():  # test-time augmentation is reported beside the plain scores

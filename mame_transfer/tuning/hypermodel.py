@@ -49,7 +49,7 @@ def _macro_f1_callback(val_x, val_y, batch_size: int):
                 return
             proba = self.model.predict(val_x, batch_size=batch_size, verbose=0)
             classes = [str(i) for i in range(proba.shape[1])]
-            logs["val_macro_f1"] = float(compute_metrics(val_y, proba, classes)["macro_f1"])
+            logs["val_macro_f1"] = float(compute_metrics(val_y, proba, classes, ci=False)["macro_f1"])
 
     return MacroF1()
 
@@ -68,9 +68,10 @@ class SearchData:
         self.train_labels = self.train_t["label_index"].to_numpy()
         self.val_labels = self.val_t["label_index"].to_numpy()
         self.cached = uses_cached_features(spec)
-        self.caches = None
+        self.folder = Path(folder)
+        self.caches: dict[int, list] = {}  # image size -> train and val caches (image_size may be searched)
         if self.cached:
-            self.caches = self._fill_prefix_cache(Path(folder))
+            self.caches_for(self.base.image_size)
 
     @property
     def route(self) -> str:
@@ -79,13 +80,21 @@ class SearchData:
     def steps(self, batch_size: int, limit: int | None) -> int:
         return limit or int(math.ceil(len(self.train_t) / batch_size))
 
-    def _fill_prefix_cache(self, folder: Path):
+    def caches_for(self, image_size: int):
+        """The train and val caches at ``image_size``, filled on first use."""
+        if image_size not in self.caches:
+            self.caches[image_size] = self._fill_prefix_cache(self.folder, image_size)
+        return self.caches[image_size]
+
+    def _fill_prefix_cache(self, folder: Path, image_size: int):
         """Outputs of the frozen backbone for train and val (reused from ``folder`` when already computed)."""
+        import dataclasses
+
         from mame_transfer.models import backbones
         from mame_transfer.models.build import build_model, frozen_boundary
         from mame_transfer.training import prefix_cache
 
-        b = self.base
+        b = dataclasses.replace(self.base, image_size=image_size)
         net = build_model(b.arch, max(2, self.num_classes), image_size=b.image_size, weights=b.weights,
                           head=b.head, dropout=b.dropout, l2=b.l2, freeze_until="all", alpha=b.alpha,
                           pooling=b.pooling)
@@ -123,7 +132,7 @@ class SearchData:
 
     def val_inputs(self, conf: TrainConfig):
         if self.cached:
-            return np.asarray(self.caches[1].array)
+            return np.asarray(self.caches_for(conf.image_size)[1].array)
         return self.pipelines(conf)[1].map(lambda x, y: x)
 
     def pipelines(self, conf: TrainConfig):
@@ -131,7 +140,7 @@ class SearchData:
         if self.cached:
             from mame_transfer.training.prefix_cache import cached_pipeline
 
-            train_cache, val_cache = self.caches
+            train_cache, val_cache = self.caches_for(conf.image_size)
             return (cached_pipeline(train_cache, self.train_labels, batch_size=conf.batch_size, shuffle=True,
                                     seed=conf.seed),
                     cached_pipeline(val_cache, self.val_labels, batch_size=conf.batch_size), self.val_labels)

@@ -44,9 +44,12 @@ def best_trial(oracle):
     return min(done, key=lambda t: (-sign * float(t.score), _order(t.trial_id)))
 
 
-def trials_table(oracle, folder: Path, spec: SearchSpec):
-    """One row per trial: id, status, worker, route, every hyperparameter, score, epochs, seconds."""
+def trials_table(oracle, folder: Path, spec: SearchSpec, n_val: int = 0):
+    """One row per trial: id, status, worker, route, every hyperparameter, score (with ``n_val``: the val size and
+    the bootstrap 95 % interval of the val accuracy), epochs, seconds."""
     import pandas as pd
+
+    from mame_transfer.inference.metrics import top1_interval
 
     rows = []
     for tid, trial in sorted(oracle.trials.items()):
@@ -70,6 +73,10 @@ def trials_table(oracle, folder: Path, spec: SearchSpec):
         for name in ("val_accuracy", "val_macro_f1"):
             if metric(name) is not None:
                 row[name] = metric(name)
+        if n_val and row.get("val_accuracy") is not None:  # n and the bootstrap interval of the top-1
+            row["val_n"] = n_val
+            low, high = top1_interval(row["val_accuracy"], n_val)
+            row["val_accuracy_ci"] = f"[{low:.3f}, {high:.3f}]"
         epochs, seconds = metric("trial_epochs"), metric("trial_seconds")
         row["epochs"] = int(epochs) if epochs is not None else info.get("epochs")
         row["seconds"] = seconds if seconds is not None else info.get("seconds")
@@ -113,7 +120,7 @@ def write_results(tuner, spec: SearchSpec, data: SearchData, folder: Path, overr
     from mame_transfer.core import plots
 
     oracle = tuner.oracle
-    table = trials_table(oracle, folder, spec)
+    table = trials_table(oracle, folder, spec, n_val=len(data.val_t))
     if table.empty:
         raise TuneError(f"{folder}: the search ran no trial")
     write_text(folder / "trials.csv", table.to_csv(index=False))

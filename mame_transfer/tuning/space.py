@@ -19,7 +19,8 @@ from mame_transfer.core.errors import ConfigError, MameTransferError
 
 ALGORITHMS = ("random", "hyperband", "bayesian")
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
-SEARCHABLE = ("lr", "l2", "dropout", "head", "freeze_until", "optimizer", "batch_size")
+SEARCHABLE = ("lr", "l2", "dropout", "head", "freeze_until", "optimizer", "batch_size", "image_size")
+INTEGER_CHOICES = ("batch_size", "image_size")
 REQUIRED_SPACE = ("lr", "l2", "dropout")
 
 
@@ -106,12 +107,14 @@ def spec_from_dict(raw: dict, *, source: str = "search config", default_name: st
 
 
 def default_of(key: str, base: dict | None = None) -> Any:
-    """The untuned default of a searched option: the TrainConfig default (``freeze_until`` auto -> registry)."""
+    """The untuned default of a searched option: the TrainConfig default (``freeze_until`` auto and ``image_size``
+    -> the registry's values for the base arch)."""
     value = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[key]
-    if key == "freeze_until" and base is not None:
+    if key in ("freeze_until", "image_size") and base is not None:
         from mame_transfer.models import backbones
 
-        value = backbones.get(base.get("arch", TrainConfig.arch)).resolve_freeze(value)
+        spec = backbones.get(base.get("arch", TrainConfig.arch))
+        value = spec.resolve_freeze(value) if key == "freeze_until" else spec.default_size
     return value
 
 
@@ -147,12 +150,12 @@ def declare(hp, spec: SearchSpec) -> dict[str, Any]:
         default = default_of(key, spec.base)
         if "values" in entry:
             choices = [str(v) if key in ("head", "freeze_until", "optimizer") else v for v in entry["values"]]
-            if key == "batch_size":
+            if key in INTEGER_CHOICES:
                 choices = [int(v) for v in choices]
             if default not in choices:
                 raise ConfigError(f"{spec.source}: space.{key}.values {choices} must contain the untuned default "
                                   f"{default!r}")
-            values[key] = hp.Choice(key, choices, default=default, ordered=key == "batch_size")
+            values[key] = hp.Choice(key, choices, default=default, ordered=key in INTEGER_CHOICES)
         else:
             lo, hi = float(entry["min"]), float(entry["max"])
             if not lo <= default <= hi:

@@ -94,7 +94,9 @@ def test_every_classifier_and_feature_set(tmp_path):
                  "confusion_matrix_test.png", "best_model.skops", "best_model.json"):
         assert (out / name).is_file(), name
     assert len(pd.read_csv(out / "results.csv")) == len(t)
-    read_csv(out / "results.csv", ["feature_set", "classifier", "val_top1", "test_top1", "fit_s", "params"], len(t))
+    read_csv(out / "results.csv", ["feature_set", "classifier", "val_n", "val_top1", "val_top1_ci", "val_macro_f1_ci",
+                                   "test_top1", "test_top1_ci", "fit_s", "params"], len(t))
+    assert (t.val_n == 12).all() and t.val_top1_ci.str.startswith("[").all()
     md = (out / "results.md").read_text().splitlines()
     assert md[0] == "# Classifier comparison" and "synthetic" in md
     assert sum(line.startswith("| ") for line in md) == len(t) + 1  # header + one row per pipeline
@@ -173,3 +175,29 @@ def test_metadata_only_real_mame(mame_metadata, capsys):
     # 29 classes: chance is 1/29; image size and museum alone carry real signal
     assert t.loc["random_forest", "test_top1"] > 0.25
     assert len(result.y["test"]) == 15657
+
+
+def test_classify_folds_cross_validates_over_train_and_val(tmp_path):
+    """classify --folds: the same folds as finetune --folds (by image name), per-fold outputs, mean and interval
+    over folds, pooled out-of-fold scores, the fold pipelines' ensemble on test."""
+    from mame_transfer.classifiers.crossval import fold_sources
+    from mame_transfer.datasets.folds import assign_folds
+
+    store = _separable_store(tmp_path / "store")
+    out = tmp_path / "cv"
+    assert classify.main([str(store.path), "--with", "", "--classifiers", "linear_svc,logreg", "--fast", "--folds", "3",
+                          "--out", str(out)]) == 0
+    cv = read_csv(out / "cv_results.csv", ["feature_set", "classifier", "val_top1_mean", "val_top1_ci", "oof_n",
+                                          "oof_top1", "test_top1_ensemble"], 2)
+    assert (cv["oof_n"] == 36).all() and (cv["test_top1_ensemble"] >= 0.9).all()
+    for i in (1, 2, 3):
+        assert (out / f"fold-{i}" / "results.csv").is_file() and (out / f"fold-{i}" / "best_model.skops").is_file()
+    oof = pd.read_csv(out / "oof_predictions.csv")
+    source = source_from_store(store)
+    _, pool = fold_sources(source, 3, seed=0)
+    assert sorted(oof["image"]) == sorted(pool["image"]) and len(oof) == 36
+    folds = assign_folds(pool, 3, seed=0) + 1
+    assert dict(zip(pool["image"], folds)) == dict(zip(oof["image"], oof["fold"]))
+    row = cv.iloc[0]
+    assert row["oof_top1"] == pytest.approx((oof[f"embeddings/{row['classifier']}"] == oof["label"]).mean())
+    assert "mean of 3" in (out / "cv_results.md").read_text()

@@ -119,3 +119,68 @@ def test_real_imagenet_weights_from_keras_home(keras_home):
     x = spec.preprocess(np.full((1, 224, 224, 3), 127.0, dtype="float32"))
     probs = top.predict(x, verbose=0)
     assert probs.shape == (1, 1000) and abs(float(probs.sum()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["efficientnetv2b0", "efficientnetv2s", "convnext_tiny"])
+def test_models_with_their_own_preprocessing_get_it_exactly_once(arch):
+    """EfficientNetV2 and ConvNeXt rescale/normalise inside the network: the pipeline's preprocess is the identity
+    and the model holds one input normalisation, so 0..255 images are normalised once, not twice or never."""
+    import keras
+
+    spec = backbones.get(arch)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(spec.preprocess(x)), x)
+    model = build_model(arch, 3, image_size=32, weights=None, head="none")
+    scaling = [layer for layer in model.layers if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))]
+    assert 1 <= len(scaling) <= 2 and all(spec.block_of(layer.name) == "stem" for layer in scaling)
+    first = model.layers[1]
+    assert isinstance(first, (keras.layers.Rescaling, keras.layers.Normalization))
+    out = keras.Model(model.inputs, scaling[-1].output)(x)
+    assert float(np.abs(np.asarray(out)).max()) < 10  # normalised, not left at 0..255
+
+
+def test_convnext_is_flattened_with_the_same_function():
+    """Keras builds ConvNeXt with nested Sequential stem/downsampling blocks; the registry inlines them, with the
+    same weights (same outputs) and a named last layer."""
+    import keras
+
+    from mame_transfer.models.flatten import flatten_model
+
+    keras.utils.set_random_seed(0)
+    nested = keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=(32, 32, 3))
+    assert any(isinstance(layer, keras.Model) for layer in nested.layers)
+    flat = flatten_model(nested, rename={nested.layers[-1].name: "convnext_tiny_top_layernorm"})
+    assert not any(isinstance(layer, keras.Model) for layer in flat.layers)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(nested(x)), rtol=1e-5, atol=1e-5)
+    assert flat.layers[-1].name == "convnext_tiny_top_layernorm"
+    assert "convnext_tiny_downsampling_conv_2" in [layer.name for layer in flat.layers]
+
+
+@pytest.mark.parametrize("arch, fname", [
+    ("efficientnetv2b0", "efficientnetv2-b0_notop.h5"), ("efficientnetv2b3", "efficientnetv2-b3_notop.h5"),
+    ("efficientnetv2s", "efficientnetv2-s_notop.h5"), ("convnext_tiny", "convnext_tiny_notop.h5"),
+    ("convnext_small", "convnext_small_notop.h5"),
+])
+def test_new_backbones_name_their_weights_file_offline(arch, fname, tmp_path, monkeypatch):
+    monkeypatch.setattr(backbones, "keras_models_dirs", lambda: [tmp_path / "models"])
+    monkeypatch.setattr(backbones, "_host_reachable", lambda url, timeout=4.0: False)
+    with pytest.raises(WeightsError) as err:
+        build_model(arch, 3, image_size=32, weights="imagenet")
+    assert fname in str(err.value) and f"keras-applications/{'convnext' if 'convnext' in arch else 'efficientnet_v2'}/" \
+        in str(err.value)
+
+
+@pytest.mark.parametrize("arch, block", [("efficientnetv2b0", "block4"), ("convnext_tiny", "stage1")])
+def test_new_backbones_cut_at_their_blocks_for_the_prefix_cache(arch, block):
+    from mame_transfer.models.build import frozen_boundary
+    from mame_transfer.training.prefix_cache import find_cut
+
+    model = build_model(arch, 3, image_size=64, weights=None, head="8")
+    assert backbones.get(arch).resolve_freeze("auto") == block
+    cut, why = find_cut(model, frozen_boundary(model, arch, block))
+    assert cut is not None, why
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(cut.suffix(cut.prefix(x))), np.asarray(model(x)), rtol=1e-4, atol=1e-5)
+    again, _ = find_cut(model, frozen_boundary(model, arch, block))  # a second cut of the same model still works
+    assert again is not None

@@ -46,3 +46,27 @@ def test_keep_top_vgg16_keeps_fc6_fc7_under_the_head():
         model_mod.build_model("vgg16", 7, weights=None, image_size=128, keep_top=True)
     with pytest.raises(ConfigError, match="test_tiny has none"):
         model_mod.build_model("test_tiny", 7, weights=None, keep_top=True)
+
+
+def test_multiscale_features_share_one_backbone_and_cache_whole():
+    """--scales 16,24,32: the 32 px input resized to each side, the same layers (and weights) run on each, pooled
+    features concatenated into global_pool; with the backbone frozen the prefix cache cuts after global_pool."""
+    import keras
+
+    from mame_transfer.training.prefix_cache import find_cut
+
+    net = build_model("test_tiny", 3, image_size=32, weights=None, head="none", scales="16,24,32", freeze_until="all")
+    names = [layer.name for layer in net.layers]
+    assert names.count("block1_conv1") == 1 and {"scale_16", "scale_24", "global_pool_16", "global_pool_32"} <= set(names)
+    assert net.get_layer("global_pool").output.shape == (None, 3 * 32)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    trunk = keras.Model(net.inputs, net.get_layer("global_pool").output)
+    single = build_model("test_tiny", 3, image_size=16, weights="none", head="none", freeze_until="all")
+    single.set_weights(net.get_weights()[:len(single.get_weights()) - 2] + single.get_weights()[-2:])
+    small = keras.layers.Resizing(16, 16, antialias=True)(x)
+    expected = keras.Model(single.inputs, single.get_layer("global_pool").output)(small)
+    np.testing.assert_allclose(np.asarray(trunk(x))[:, :32], np.asarray(expected), rtol=1e-4, atol=1e-5)
+    cut, why = find_cut(net, model_mod.frozen_boundary(net, "test_tiny", "all"))
+    assert cut is not None and cut.layer_name == "global_pool" and cut.feature_shape == (96,), why
+    with pytest.raises(ConfigError, match="--scales must be distinct sides from 8 to --image-size 32"):
+        build_model("test_tiny", 3, image_size=32, weights=None, scales="16,48")

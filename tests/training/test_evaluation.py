@@ -68,6 +68,8 @@ def test_ensemble_cli_and_class_mismatch(tiny_run, tmp_path, capsys):
     member = json.loads((tiny_run / "metrics.json").read_text())["val"]["top1"]
     assert table["top1"].tolist() == pytest.approx([member] * 3, abs=1e-6)  # two copies = the member itself
     assert table["weight"].tolist()[:2] == pytest.approx([0.5, 0.5])
+    assert (table["n"] == 60).all() and table["top1_ci"].str.match(r"\[0\.\d{4}, [01]\.\d{4}\]").all()
+    assert table["macro_f1_ci"].notna().all()
     assert "| ensemble |" in (out / "ensemble_val.md").read_text()
     result = json.loads((out / "metrics.json").read_text())
     assert result["ensemble"]["top1"] == pytest.approx(member) and result["split"] == "val"

@@ -132,3 +132,19 @@ def test_tensorboard_logs_and_missing_package(tmp_path, demo_root, monkeypatch, 
     assert "pip install 'mame_transfer[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
+def test_progressive_resizing_train_holdout_and_mixup(tmp_path, demo_root):
+    """Epoch 1 at 16 px, then 32 px (same weights); best epoch picked on a train holdout, only at the final size;
+    MixUp's soft labels train on the full network."""
+    out = tmp_path / "prog"
+    assert finetune.main(TINY + ["--epochs", "3", "--progressive", "16:1", "--select-on", "train-holdout",
+                                 "--augmentations", "flip,mixup:0.2", "--early-stopping", "0", "--out", str(out)]) == 0
+    log = (out / "run.log").read_text()
+    assert "phase 1: epochs 1-1, freeze until block1, 16 px" in log and "phase 2: epochs 2-3, freeze until block1, 32 px" in log
+    assert "mixes images and labels" in log and "train holdout of 24 images" in log
+    best = int(log.split("restored best weights: epoch ")[1].split(",")[0])
+    assert best >= 2  # epochs at 16 px are never selected
+    model, config, _ = load_run(out)
+    assert model.input_shape == (None, 32, 32, 3) and config.progressive == "16:1"
+    metrics = read_json(out / "metrics.json", ["holdout", "val", "test"])
+    assert metrics["holdout"]["n"] == 24 and metrics["val"]["n"] == 60
+    assert len(pd.read_csv(out / "history.csv")) == 3

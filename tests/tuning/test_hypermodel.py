@@ -26,3 +26,16 @@ def test_cached_features_hyperband(two_class_set, tmp_path):
     assert np.load(train, mmap_mode="r").shape[0] == 12 and np.load(val, mmap_mode="r").shape[0] == 8
     best = cfg.load_yaml(tmp_path / "hb" / "best.yaml")
     assert best["augment"] is False and best["freeze_until"] == "all"
+
+
+def test_cached_features_search_over_image_size(two_class_set, tmp_path):
+    """image_size in the space: one prefix cache per size, each trial trained on the cache of its size."""
+    spec = spec_from_dict(yaml.safe_load(search_yaml(tmp_path / "s.yaml", max_trials=4).read_text()))
+    spec.base.update(freeze_until="all", epochs=1)
+    spec.base.pop("image_size")
+    spec.space["image_size"] = {"values": [32, 48]}  # 32: test_tiny's default size
+    run_search(spec, tmp_path / "sz", verbose=0, data=str(two_class_set))
+    table = pd.read_csv(tmp_path / "sz" / "trials.csv")
+    assert (table["status"] == "COMPLETED").all() and set(table["image_size"]) == {32, 48}
+    folder = tmp_path / "sz" / "prefix_cache"
+    assert {p.name.split("-")[2] for p in folder.glob("global_pool-*-train.npy")} == {"32px", "48px"}

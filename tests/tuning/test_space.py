@@ -14,7 +14,9 @@ from mame_transfer.tuning.space import declare, load_spec, trial_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet"])
+@pytest.mark.parametrize("name", ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet",
+                                  "efficientnetv2b0", "efficientnetv2b3", "efficientnetv2s", "convnext_tiny",
+                                  "convnext_small"])
 def test_space_defaults_are_the_untuned_finetune_defaults(name):
     import keras_tuner as kt
 
@@ -27,10 +29,13 @@ def test_space_defaults_are_the_untuned_finetune_defaults(name):
         if key in values:
             assert values[key] == getattr(defaults, key), key
     assert {"lr", "l2", "dropout"} <= set(values)
-    if "freeze_until" in values:
-        from mame_transfer.models import backbones
+    from mame_transfer.models import backbones
 
+    if "freeze_until" in values:
         assert values["freeze_until"] == backbones.get(name).default_freeze
+    # the input size is searched too, its default the backbone's own size
+    assert values["image_size"] == backbones.get(name).default_size
+    assert len(hp._hps["image_size"][0].values) >= 3 and "image_size" not in spec.base
     # Every trial config is a valid TrainConfig.
     trial_config(spec, values, data="x").validate()
 
