@@ -41,9 +41,14 @@ def _finetune(args) -> None:
             print(f"{name:<16} {spec.default_size:>4}px  blocks {spec.block_names[0]}..{spec.block_names[-1]:<8} "
                   f"default freeze {spec.default_freeze:<7} {spec.description}")
         return
-    from mame_transfer.training.trainer import train
-
-    print(train(cfg.resolve(TrainConfig, args, config_path=args.config)))
+    config = cfg.resolve(TrainConfig, args, config_path=args.config)
+    if config.strategy == "multiworker":  # its own step loop: Keras's fit cannot run under that strategy
+        from mame_transfer.training.multiworker import train_multiworker as train
+    else:
+        from mame_transfer.training.trainer import train
+    run = train(config)
+    if run is not None:  # None: a multi-worker run's non-chief worker (the chief prints the run directory)
+        print(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

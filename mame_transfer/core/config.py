@@ -62,8 +62,8 @@ class TrainConfig:
     image_cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch (tf.data cache)",
                            alias="cache")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
-    strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
-                       ("default", "mirrored"))
+    strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs; "
+                       "multiworker = over several machines (TF_CONFIG or Slurm)", ("default", "mirrored", "multiworker"))
     # --- speed (see mame_transfer.training.prefix_cache)
     prefix_cache: str = _f("auto", "compute the frozen layers once per image and train the rest on the cached "
                            "tensors: auto (memory if it fits, else disk), off, memory, disk",

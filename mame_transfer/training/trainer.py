@@ -27,7 +27,7 @@ from mame_transfer.training.compile import (
 log = logging.getLogger("mame_transfer")
 
 
-def _log_to_file(verbose: int, file: Path) -> logging.Handler:
+def log_to_file(verbose: int, file: Path) -> logging.Handler:
     """Package log lines on stdout (warnings only when not verbose) and in the run's ``run.log``."""
     log_to_stdout(verbose)
     fh = logging.FileHandler(file, encoding="utf-8")
@@ -42,7 +42,7 @@ def _callback_state(cb) -> dict:
             and isinstance(v, (int, float, np.floating))}
 
 
-def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
+def epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
                         restore: dict | None, full_model=None):
     """The last callback of every epoch: keeps the best weights (val accuracy), then saves the resume state."""
     import keras
@@ -69,7 +69,7 @@ def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, bes
     return _EpochEnd()
 
 
-def _build(config: TrainConfig, num_classes: int, strategy):
+def build_net(config: TrainConfig, num_classes: int, strategy):
     """The flat model of a run, with the transfer methods' initialisation applied."""
     from mame_transfer.models.build import build_model
     from mame_transfer.training import methods
@@ -118,14 +118,14 @@ def train(config: TrainConfig) -> Path:
 
     final, work, resuming = runs.find_work_dir(config)
     runs.start(work, config, dataset.class_index)
-    handler = _log_to_file(config.verbose, work / runs.RUN_LOG)
+    handler = log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
                  len(train_t), len(val_t), f" / test {len(dataset.split('test'))}" if "test" in dataset.subsets else "")
         if config.mixed_precision != "none":  # set before building: layers take the global policy
             keras.mixed_precision.set_global_policy(config.mixed_precision)
         strategy = make_strategy(config.strategy)
-        net = _build(config, len(classes), strategy)
+        net = build_net(config, len(classes), strategy)
         train_ds, val_ds = image_pipelines(config, train_t, val_t)
         steps = config.steps_per_epoch or int(np.ceil(len(train_t) / config.batch_size))
         if config.steps_per_epoch:
@@ -164,7 +164,7 @@ def train(config: TrainConfig) -> Path:
             tracked = schedule_callbacks(config)
             callbacks = list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
-                _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
+                epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net),
             ]
             fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
                         steps_per_epoch=steps if config.steps_per_epoch else None, class_weight=cw,
