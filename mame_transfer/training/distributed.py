@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +94,15 @@ def resolve_cluster():
         tasks = [(t, i) for t in TASK_TYPES for i in range(len(conf["cluster"].get(t) or []))]
         me = (conf["task"]["type"], int(conf["task"]["index"]))
         return tf.distribute.cluster_resolver.TFConfigClusterResolver(), "TF_CONFIG", tasks, me
-    if os.environ.get("SLURM_STEP_ID") is not None and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        # One task per node or per GPU (srun); the addresses are the job's nodes, ports from port_base on.
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=int(os.environ.get("MAME_SLURM_PORT", "8888")))
-        n = int(os.environ["SLURM_NTASKS"])
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        # An srun job step, one task per node (or per GPU): addresses are the step's nodes, ports from port_base on.
+        port = int(os.environ.get("MAME_SLURM_PORT", "8888"))
+        if shutil.which("nvidia-smi") or "CUDA_VISIBLE_DEVICES" in os.environ:  # GPUs shared out among the tasks
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=port)
+        else:  # CPU nodes: the resolver places tasks on GPU slots, so give it one pseudo-slot per task
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+                port_base=port, gpus_per_node=4096, gpus_per_task=1, auto_set_gpu=False)
+        n = int(os.environ["SLURM_STEP_NUM_TASKS"])
         return resolver, "Slurm", [("worker", i) for i in range(n)], ("worker", int(os.environ["SLURM_PROCID"]))
     return None, "single worker (no TF_CONFIG and no Slurm job step)", [("worker", 0)], ("worker", 0)
 
