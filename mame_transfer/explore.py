@@ -33,6 +33,7 @@ from mame_transfer.core import cli
 from mame_transfer.core.errors import ConfigError
 from mame_transfer.explorer.neighbours import PCA_DIM
 from mame_transfer.explorer.site import THUMB_SIZE
+from mame_transfer.knn import AUTO_EXACT_MAX, METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-thumbs", action="store_true", help="skip thumbnails (placeholders)")
     parser.add_argument("--thumb-size", type=int, default=THUMB_SIZE)
     parser.add_argument("--pca-dim", type=int, default=PCA_DIM, help="dims of the in-page distribution (64)")
+    parser.add_argument("--neighbours", choices=METHODS, default="auto",
+                        help=f"exact: every pair; approx: HNSW graph (faiss) re-ranked exactly, recall@k measured; "
+                             f"auto: exact up to {AUTO_EXACT_MAX:,} items (default)")
     parser.add_argument("--serve", action="store_true", help="serve the site on http://127.0.0.1:PORT/")
     parser.add_argument("--port", type=int, default=8765)
     return parser
@@ -57,10 +61,13 @@ def _explore(args) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExplorerWarning)
         site = build_site(args.store, out, k=args.k, compare=args.compare, thumbnails=not args.no_thumbs,
-                          thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve,
+                          thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve, neighbours=args.neighbours,
                           log=lambda m: print(m, file=sys.stderr))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if site.recall:
+        print(f"approximate neighbours: recall@{site.recall['k']} {site.recall['recall']:.4f} against exact search on "
+              f"{site.recall['queries']} sampled queries")
     if site.quality is not None:
         print(f"precision@k, {Path(args.store).name}:")
         print(site.quality.to_string(float_format=lambda v: f"{v:.3f}"))

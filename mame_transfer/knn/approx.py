@@ -1,0 +1,140 @@
+"""Approximate cosine neighbours of a large collection: an HNSW graph on principal components, re-ranked exactly.
+
+Exact neighbours of every item cost ``n^2 d`` (37,407 x 1280 took 199 s here; 1,000,000 items would take about
+700 times longer). :func:`approx_knn` builds a Hierarchical Navigable Small World graph (Malkov & Yashunin 2018,
+``faiss.IndexHNSWFlat``, inner product) over the rows projected on their top principal directions
+(:func:`principal_directions`, renormalised), asks it for ``candidates`` neighbours of every row, and re-ranks those
+by the exact cosine of the full vectors, so the scores returned are exact and only a true neighbour missing from the
+candidates is an error. :func:`recall_at_k` measures that error against :func:`~.exact.top_k` on sampled queries.
+
+faiss was chosen over hnswlib and pynndescent by measurement (``benchmarks/bench_neighbours.py``, results in
+``benchmarks/RESULTS.md``): it ships binary wheels for Linux, macOS and Windows, and builds the graph as fast as
+hnswlib; pynndescent (already installed with umap-learn) was several times slower on this data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.knn.exact import normalize, top_k
+
+RERANK_BLOCK = 512  # query rows re-ranked at once (RERANK_BLOCK x candidates x d float32 in memory)
+
+
+@dataclass(frozen=True)
+class HNSWParams:
+    """Graph settings (faiss names). Larger values: better recall, slower build and search.
+
+    Attributes:
+        dim: principal components the graph is built on (the full vectors re-rank its candidates).
+        m: links per node.
+        ef_construction: candidate list while inserting.
+        ef_search: candidate list while searching (at least ``candidates``).
+        candidates: neighbours asked of the graph per row, re-ranked exactly (``k`` of them kept).
+    """
+
+    dim: int = 64
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 96
+    candidates: int = 64
+
+
+def principal_directions(unit: np.ndarray, dim: int, *, sample: int = 20000, seed: int = 0) -> np.ndarray:
+    """Uncentred principal directions ``[d, dim]`` of unit rows (truncated SVD: keeps dot products best)."""
+    d = unit.shape[1]
+    if dim >= d:
+        return np.eye(d, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    rows = unit if len(unit) <= sample else unit[np.sort(rng.choice(len(unit), sample, replace=False))]
+    rows = np.asarray(rows, dtype=np.float64)
+    vals, vecs = np.linalg.eigh(rows.T @ rows)
+    return vecs[:, np.argsort(vals)[::-1][:dim]].astype(np.float32)
+
+
+def reduce(unit: np.ndarray, basis: np.ndarray, *, block: int = 65536) -> np.ndarray:
+    """Rows projected on ``basis`` and renormalised (float32), in blocks (``unit`` may be float16)."""
+    out = np.empty((len(unit), basis.shape[1]), dtype=np.float32)
+    for start in range(0, len(unit), block):
+        out[start:start + block] = normalize(unit[start:start + block].astype(np.float32) @ basis)
+    return out
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover  (a dependency of the package)
+        raise ConfigError("approximate neighbours need faiss: pip install faiss-cpu (or use exact neighbours)") from exc
+    return faiss
+
+
+def approx_knn(unit: np.ndarray, k: int, *, reduced: np.ndarray | None = None, params: HNSWParams = HNSWParams(),
+               threads: int | None = None, log=None) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k nearest neighbours of every row among the other rows, with exact cosine scores.
+
+    Args:
+        unit: ``[n, d]`` unit rows (float32 or float16): the candidates are re-ranked on them.
+        k: neighbours per row (capped at ``n - 1``).
+        reduced: ``[n, dim]`` unit rows the graph is built on; default: ``unit`` on its ``params.dim`` principal
+            directions.
+        params: graph settings.
+        threads: CPU threads of faiss (default: all).
+        log: callable receiving progress lines.
+
+    Returns:
+        ``(ids [n, k] int32, scores [n, k] float32)`` like :func:`~.exact.knn`; ``-1`` / NaN where the graph found
+        fewer than ``k`` other rows (only in degenerate collections).
+    """
+    faiss = _faiss()
+    say = log or (lambda msg: None)
+    n = unit.shape[0]
+    k = min(int(k), n - 1)
+    if k < 1:
+        raise DataError(f"nearest neighbours need at least 2 items; the collection has {n}.")
+    if reduced is None:
+        reduced = reduce(unit, principal_directions(unit, params.dim))
+    reduced = np.ascontiguousarray(reduced, dtype=np.float32)
+    faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
+    index = faiss.IndexHNSWFlat(reduced.shape[1], params.m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params.ef_construction
+    index.add(reduced)
+    say(f"neighbours: HNSW graph of {n} items x {reduced.shape[1]} dims built")
+    cand = min(max(params.candidates, k) + 1, n)
+    index.hnsw.efSearch = max(params.ef_search, cand)
+    ids = np.full((n, k), -1, dtype=np.int32)
+    scores = np.full((n, k), np.nan, dtype=np.float32)
+    for start in range(0, n, RERANK_BLOCK):
+        stop = min(start + RERANK_BLOCK, n)
+        _, found = index.search(reduced[start:stop], cand)
+        rows = np.arange(start, stop)
+        found[found == rows[:, None]] = -1  # a row is never its own neighbour
+        vecs = unit[np.clip(found, 0, None)].astype(np.float32)  # [b, cand, d]
+        sims = np.einsum("bcd,bd->bc", vecs, unit[start:stop].astype(np.float32))
+        sims[found < 0] = -np.inf
+        take = min(k, cand)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :take]
+        best = np.take_along_axis(sims, order, axis=1)
+        got = np.take_along_axis(found, order, axis=1)
+        ids[start:stop, :take] = np.where(np.isfinite(best), got, -1)
+        scores[start:stop, :take] = np.where(np.isfinite(best), best, np.nan)
+    return ids, scores
+
+
+def recall_at_k(unit: np.ndarray, ids: np.ndarray, *, queries: int = 1000, seed: int = 0) -> dict:
+    """Share of the exact k nearest neighbours that ``ids`` holds, over sampled query rows.
+
+    Returns:
+        ``{"k", "queries", "recall", "min", "p05"}``: mean recall@k, the lowest per-query recall and its 5th
+        percentile (exact search: :func:`~.exact.top_k` on the same rows).
+    """
+    n, k = ids.shape
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, min(queries, n), replace=False))
+    truth, _ = top_k(unit[pick], unit, k, exclude=pick)
+    per = np.array([len(set(t.tolist()) & set(g[g >= 0].tolist())) / k for t, g in zip(truth, ids[pick])])
+    return {"k": int(k), "queries": int(len(pick)), "recall": float(per.mean()), "min": float(per.min()),
+            "p05": float(np.quantile(per, 0.05))}
