@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thumb-size", type=int, default=THUMB_SIZE)
     parser.add_argument("--pca-dim", type=int, default=PCA_DIM, help="dims of the in-page distribution (64)")
     parser.add_argument("--neighbours", choices=METHODS, default="auto",
-                        help=f"exact: every pair; approx: HNSW graph (faiss) re-ranked exactly, recall@k measured; "
+                        help=f"exact: every pair; approx: inverted-file index (faiss) re-ranked exactly, recall@k measured; "
                              f"auto: exact up to {AUTO_EXACT_MAX:,} items (default)")
     parser.add_argument("--serve", action="store_true", help="serve the site on http://127.0.0.1:PORT/")
     parser.add_argument("--port", type=int, default=8765)

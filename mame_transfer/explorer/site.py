@@ -28,7 +28,7 @@ import pandas as pd
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path, write_json
 from mame_transfer.explorer.neighbours import PCA_DIM, approx_error, precision_at_k, project, quantize
-from mame_transfer.knn import HNSWParams, all_neighbours, normalize, resolve_method
+from mame_transfer.knn import ApproxParams, all_neighbours, normalize, resolve_method
 from mame_transfer.knn.exact import BLOCK
 
 ASSETS = ("index.html", "explorer.js", "explorer.css")
@@ -202,7 +202,7 @@ def _asset_text(name: str) -> str:
 
 def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thumbnails: bool = True,
                thumb_size: int = THUMB_SIZE, pca_dim: int = PCA_DIM, chunk: int = CHUNK, block: int = BLOCK,
-               reuse: bool = False, log=None, neighbours: str = "auto", params: HNSWParams = HNSWParams()) -> Site:
+               reuse: bool = False, log=None, neighbours: str = "auto", params: ApproxParams = ApproxParams()) -> Site:
     """Build the explorer site of a feature store.
 
     Args:
@@ -263,7 +263,7 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
     proj = np.concatenate([unit[a:a + 65536].astype(np.float32) @ basis for a in range(0, n, 65536)]) if n else \
         np.zeros((0, basis.shape[1]), np.float32)
     q, qscale = quantize(proj)
-    reduced = normalize(proj) if basis.shape[1] == params.dim else None  # the graph reuses the page's projection
+    reduced = normalize(proj) if basis.shape[1] == params.dim else None  # the index reuses the page's projection
     del proj
     approx = approx_error(unit, q, qscale)
     approx["dim"] = int(q.shape[1])

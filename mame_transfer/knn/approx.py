@@ -1,15 +1,17 @@
-"""Approximate cosine neighbours of a large collection: an HNSW graph on principal components, re-ranked exactly.
+"""Approximate cosine neighbours of a large collection: an inverted-file index on principal components, re-ranked.
 
 Exact neighbours of every item cost ``n^2 d`` (37,407 x 1280 took 199 s here; 1,000,000 items would take about
-700 times longer). :func:`approx_knn` builds a Hierarchical Navigable Small World graph (Malkov & Yashunin 2018,
-``faiss.IndexHNSWFlat``, inner product) over the rows projected on their top principal directions
-(:func:`principal_directions`, renormalised), asks it for ``candidates`` neighbours of every row, and re-ranks those
-by the exact cosine of the full vectors, so the scores returned are exact and only a true neighbour missing from the
-candidates is an error. :func:`recall_at_k` measures that error against :func:`~.exact.top_k` on sampled queries.
+700 times longer). :func:`approx_knn` projects the rows on their top principal directions
+(:func:`principal_directions`, renormalised), clusters them with k-means into ``lists`` inverted lists
+(``faiss.IndexIVFFlat``, inner product), and asks for ``candidates`` neighbours of every row in its ``probes``
+nearest lists only; those candidates are re-ranked by the exact cosine of the full vectors, so every score returned
+is exact and only a true neighbour missing from the candidates is an error. :func:`recall_at_k` measures that error
+against exact search (:func:`~.exact.top_k`) on sampled queries.
 
-faiss was chosen over hnswlib and pynndescent by measurement (``benchmarks/bench_neighbours.py``, results in
-``benchmarks/RESULTS.md``): it ships binary wheels for Linux, macOS and Windows, and builds the graph as fast as
-hnswlib; pynndescent (already installed with umap-learn) was several times slower on this data.
+The method was chosen by measurement on this project's 2-core machine (``benchmarks/bench_neighbours.py``,
+``benchmarks/RESULTS.md``): for the neighbours of *every* item, the inverted file answered several times faster than
+an HNSW graph (faiss or hnswlib) at the same recall after re-ranking, and pynndescent (installed with umap-learn)
+was slower still. faiss ships binary wheels for Linux, macOS and Windows; hnswlib compiles from source.
 """
 
 from __future__ import annotations
@@ -26,22 +28,25 @@ RERANK_BLOCK = 512  # query rows re-ranked at once (RERANK_BLOCK x candidates x 
 
 
 @dataclass(frozen=True)
-class HNSWParams:
-    """Graph settings (faiss names). Larger values: better recall, slower build and search.
+class ApproxParams:
+    """Settings of the approximate search. Larger ``probes`` / ``candidates``: better recall, slower search.
 
     Attributes:
-        dim: principal components the graph is built on (the full vectors re-rank its candidates).
-        m: links per node.
-        ef_construction: candidate list while inserting.
-        ef_search: candidate list while searching (at least ``candidates``).
-        candidates: neighbours asked of the graph per row, re-ranked exactly (``k`` of them kept).
+        dim: principal components the index is built on (the full vectors re-rank its candidates).
+        lists: inverted lists (k-means centroids); default ``4 * sqrt(n)``.
+        probes: lists searched per query.
+        candidates: neighbours asked of the index per row, re-ranked exactly (``k`` of them kept).
+        train_per_list: training rows per list for k-means (a sample of the collection).
     """
 
     dim: int = 64
-    m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 96
+    lists: int | None = None
+    probes: int = 16
     candidates: int = 64
+    train_per_list: int = 40
+
+    def n_lists(self, n: int) -> int:
+        return max(1, min(self.lists or int(4 * np.sqrt(n)), n // 8 or 1))
 
 
 def principal_directions(unit: np.ndarray, dim: int, *, sample: int = 20000, seed: int = 0) -> np.ndarray:
@@ -72,22 +77,22 @@ def _faiss():
     return faiss
 
 
-def approx_knn(unit: np.ndarray, k: int, *, reduced: np.ndarray | None = None, params: HNSWParams = HNSWParams(),
+def approx_knn(unit: np.ndarray, k: int, *, reduced: np.ndarray | None = None, params: ApproxParams = ApproxParams(),
                threads: int | None = None, log=None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate k nearest neighbours of every row among the other rows, with exact cosine scores.
 
     Args:
         unit: ``[n, d]`` unit rows (float32 or float16): the candidates are re-ranked on them.
         k: neighbours per row (capped at ``n - 1``).
-        reduced: ``[n, dim]`` unit rows the graph is built on; default: ``unit`` on its ``params.dim`` principal
+        reduced: ``[n, dim]`` unit rows the index is built on; default: ``unit`` on its ``params.dim`` principal
             directions.
-        params: graph settings.
+        params: index settings.
         threads: CPU threads of faiss (default: all).
         log: callable receiving progress lines.
 
     Returns:
-        ``(ids [n, k] int32, scores [n, k] float32)`` like :func:`~.exact.knn`; ``-1`` / NaN where the graph found
-        fewer than ``k`` other rows (only in degenerate collections).
+        ``(ids [n, k] int32, scores [n, k] float32)`` like :func:`~.exact.knn`; ``-1`` / NaN where the probed lists
+        held fewer than ``k`` other rows.
     """
     faiss = _faiss()
     say = log or (lambda msg: None)
@@ -99,12 +104,18 @@ def approx_knn(unit: np.ndarray, k: int, *, reduced: np.ndarray | None = None, p
         reduced = reduce(unit, principal_directions(unit, params.dim))
     reduced = np.ascontiguousarray(reduced, dtype=np.float32)
     faiss.omp_set_num_threads(int(threads or os.cpu_count() or 1))
-    index = faiss.IndexHNSWFlat(reduced.shape[1], params.m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = params.ef_construction
+    lists = params.n_lists(n)
+    quantizer = faiss.IndexFlatIP(reduced.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, reduced.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    train = reduced if n <= lists * params.train_per_list else \
+        reduced[np.sort(rng.choice(n, lists * params.train_per_list, replace=False))]
+    index.cp.seed = 0  # reproducible k-means
+    index.train(train)
     index.add(reduced)
-    say(f"neighbours: HNSW graph of {n} items x {reduced.shape[1]} dims built")
+    index.nprobe = min(params.probes, lists)
+    say(f"neighbours: inverted file of {n} items x {reduced.shape[1]} dims in {lists} lists built")
     cand = min(max(params.candidates, k) + 1, n)
-    index.hnsw.efSearch = max(params.ef_search, cand)
     ids = np.full((n, k), -1, dtype=np.int32)
     scores = np.full((n, k), np.nan, dtype=np.float32)
     for start in range(0, n, RERANK_BLOCK):

@@ -187,7 +187,7 @@ def test_bad_arguments(tmp_path, demo_root):
 def test_approximate_neighbours_and_sampled_distribution_in_chromium(tmp_path, monkeypatch):
     """--neighbours approx: recall measured and shown; above DIST_SAMPLE items the page's distribution is sampled."""
     from mame_transfer.explorer import site as site_mod
-    from mame_transfer.knn import HNSWParams
+    from mame_transfer.knn import ApproxParams
 
     n = 900
     rng = np.random.default_rng(5)
@@ -197,7 +197,7 @@ def test_approximate_neighbours_and_sampled_distribution_in_chromium(tmp_path, m
     monkeypatch.setattr(site_mod, "DIST_CHUNK", 128)
     with pytest.warns(ExplorerWarning):  # no image files: placeholders
         site = build_site(store, tmp_path / "site", k=10, neighbours="approx", chunk=256,
-                          params=HNSWParams(m=16, candidates=40))  # 48-d rows: the graph uses them all
+                          params=ApproxParams(probes=40, candidates=40))  # 48-d rows: the index uses them all
     assert site.method == "approx" and site.recall["k"] == 10 and site.recall["recall"] >= 0.95
     build = read_json(tmp_path / "site" / "build.json", ["neighbours", "recall"])
     assert build["neighbours"] == "approx" and build["recall"] == site.recall
@@ -214,5 +214,5 @@ def test_approximate_neighbours_and_sampled_distribution_in_chromium(tmp_path, m
         assert "a uniform sample of 500 of the 900 images" in caption
         page.click("button[data-tab='about']")
         about = page.inner_text("#about-list")
-        assert "approximate: HNSW graph" in about and "uniform sample of 500 of the 900 images" in about
+        assert "approximate: inverted file" in about and "uniform sample of 500 of the 900 images" in about
         view.assert_clean()

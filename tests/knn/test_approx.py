@@ -1,4 +1,4 @@
-"""knn.approx and knn.all_neighbours: the HNSW graph's neighbours, re-ranked exactly, reach recall@k >= 0.95 on a
+"""knn.approx and knn.all_neighbours: the inverted file's candidates, re-ranked exactly, reach recall@k >= 0.95 on a
 small clustered set, and the measured recall is the true one."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.knn import AUTO_EXACT_MAX, HNSWParams, all_neighbours, resolve_method
+from mame_transfer.knn import AUTO_EXACT_MAX, ApproxParams, all_neighbours, resolve_method
 from mame_transfer.knn.approx import approx_knn, principal_directions, recall_at_k, reduce
 from mame_transfer.knn.exact import knn, normalize
 
@@ -25,7 +25,7 @@ def clustered(n=3000, dim=96, clusters=40, seed=0):
 def test_approximate_neighbours_reach_the_recall_target_and_exact_scores():
     unit = clustered()
     k = 20
-    ids, scores = approx_knn(unit, k, params=HNSWParams(dim=16, m=16, ef_construction=60, candidates=40))
+    ids, scores = approx_knn(unit, k, params=ApproxParams(dim=16, probes=8, candidates=40))
     exact_ids, _ = knn(unit, k)
     true = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact_ids)])
     assert true >= 0.95
@@ -35,8 +35,8 @@ def test_approximate_neighbours_reach_the_recall_target_and_exact_scores():
     # scores are the exact cosines of the returned pairs, sorted, and an item is never its own neighbour
     np.testing.assert_allclose(scores, np.einsum("nkd,nd->nk", unit[ids], unit), rtol=1e-5, atol=1e-6)
     assert (np.diff(scores, axis=1) <= 1e-7).all() and (ids != np.arange(len(unit))[:, None]).all()
-    # a poor graph is reported as such: the measurement is not a constant
-    poor, _ = approx_knn(unit, k, params=HNSWParams(dim=2, m=4, ef_construction=8, ef_search=1, candidates=20))
+    # a poor index is reported as such: the measurement is not a constant
+    poor, _ = approx_knn(unit, k, params=ApproxParams(dim=2, probes=1, candidates=20))
     assert recall_at_k(unit, poor, queries=500)["recall"] < true - 0.1
 
 
@@ -45,7 +45,7 @@ def test_all_neighbours_chooses_the_method():
     assert resolve_method("auto", AUTO_EXACT_MAX) == "exact" and resolve_method("auto", AUTO_EXACT_MAX + 1) == "approx"
     exact = all_neighbours(unit, 5, method="auto")
     assert exact.method == "exact" and exact.recall is None and exact.description.startswith("exact cosine")
-    approx = all_neighbours(unit, 5, method="approx", params=HNSWParams(dim=8), recall_queries=100)
+    approx = all_neighbours(unit, 5, method="approx", params=ApproxParams(dim=8), recall_queries=100)
     assert approx.method == "approx" and approx.recall["queries"] == 100 and approx.recall["recall"] > 0.9
     assert "recall@5" in approx.description and "8 principal components" in approx.description
     with pytest.raises(ConfigError, match="neighbours must be one of exact, approx, auto"):
