@@ -21,30 +21,38 @@ def normalize(emb: np.ndarray, dtype=np.float32) -> np.ndarray:
     return (emb / np.where(norms > 0, norms, 1.0)).astype(dtype, copy=False)
 
 
-def knn(unit: np.ndarray, k: int, *, block: int = BLOCK, sample: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+MAX_SCORES = 2**28  # similarity scores held at once (1 GiB of float32): bounds the block for large collections
+
+
+def knn(unit: np.ndarray, k: int, *, block: int = BLOCK, sample: int = 4096,
+        rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k nearest neighbours of every row among the other rows.
 
     Args:
         unit: ``[n, d]`` unit-norm rows.
         k: neighbours per row (capped at ``n - 1``).
-        block: query rows per matmul block (memory: ``block * n`` float32).
+        block: query rows per matmul block (memory: ``block * n`` float32, at most :data:`MAX_SCORES`).
         sample: columns used to find a safe per-row threshold before the exact top-k (see :func:`_top_k`).
+        rows: only the first ``rows`` rows (to time a sample of a large collection); default all.
 
     Returns:
-        ``(ids [n, k] int32, scores [n, k] float32)``, most similar first; a row is never its own neighbour.
+        ``(ids [rows, k] int32, scores [rows, k] float32)``, most similar first; a row is never its own neighbour.
     """
     n = unit.shape[0]
     k = min(int(k), n - 1)
     if k < 1:
         raise DataError(f"nearest neighbours need at least 2 items; the collection has {n}.")
-    ids = np.empty((n, k), dtype=np.int32)
-    scores = np.empty((n, k), dtype=np.float32)
-    full = unit if unit.dtype == np.float32 else None
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        if full is None:  # float16 storage: one float32 copy per block of columns
-            sims = np.concatenate([unit[start:stop].astype(np.float32) @ unit[c:c + COLUMNS].astype(np.float32).T
-                                   for c in range(0, n, COLUMNS)], axis=1)
+    rows = n if rows is None else min(int(rows), n)
+    block = max(1, min(block, MAX_SCORES // n))
+    ids = np.empty((rows, k), dtype=np.int32)
+    scores = np.empty((rows, k), dtype=np.float32)
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        if unit.dtype != np.float32:  # float16 storage: one float32 copy per block of columns
+            sims = np.empty((stop - start, n), dtype=np.float32)
+            queries = unit[start:stop].astype(np.float32)
+            for c in range(0, n, COLUMNS):
+                sims[:, c:c + COLUMNS] = queries @ unit[c:c + COLUMNS].astype(np.float32).T
         else:
             sims = unit[start:stop] @ unit.T
         sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
