@@ -10,8 +10,8 @@ Sections:
   train    epoch time of fine-tuning on the prefix cache vs the plain Keras way (same model with frozen layers,
            ``model.fit`` on ``keras.utils.image_dataset_from_directory``): vgg16 block4, vgg16 block5,
            efficientnetb0 block6 at 224 px, weights=None; plus the one-time cache fill and the break-even epochs.
-  export   JPEG files -> features on disk, as a fraction of the model-only forward throughput on in-memory
-           tensors, and against image_dataset_from_directory + model.predict + np.save.
+  export   JPEG files -> features on disk: ``features.export`` against image_dataset_from_directory +
+           model.predict + np.save, each in a fresh process (seconds and peak RSS), alternated round by round.
   rss      peak RSS of ``features.export`` for N and 4N images (fresh subprocesses).
   prepare  ``mame_transfer.prepare`` with and without DCT-domain downscaling on large (2000-3000 px) JPEGs, and
            the tf.data decode with and without ``dct_ratio``.
@@ -137,89 +137,63 @@ def bench_train(root: Path, n: int, batch: int, rounds: int, cases) -> list[dict
 # --------------------------------------------------------------------------------------------- export
 
 
-def _limit_throughput(feat, size, n, batch, preprocess):
-    import tensorflow as tf
+def export_child(root: str, n: int, arch: str, way: str, out: str) -> None:
+    """One export of the first n train images in this fresh process: seconds (model build included) and peak RSS.
 
-    x = tf.constant(preprocess(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")))
-
-    @tf.function
-    def fwd(x):
-        return feat(x, training=False)
-
-    fwd(x)
-    steps = int(np.ceil(n / batch))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        np.asarray(fwd(x))
-    return steps * batch / (time.perf_counter() - t0)
-
-
-def bench_export(root: Path, n: int, batch: int, rounds: int, arch: str) -> dict:
+    ``package``: ``store.export.export`` (streamed into a resumable store). ``plain``: the same Keras Applications
+    backbone with average pooling, ``image_dataset_from_directory`` + ``model.predict`` + ``np.save``.
+    """
     import keras
     import tensorflow as tf
 
     from mame_transfer.datasets.layouts import load_dataset
-    from mame_transfer.datasets.pipeline import make_pipeline
     from mame_transfer.datasets.tables import Dataset
     from mame_transfer.models import backbones
-    from mame_transfer.store.export import embedding_model
-    from mame_transfer.store.export import export as export_store
+    from mame_transfer.store.export import export
 
     spec = backbones.get(arch)
-    size = 224
-    dataset = load_dataset(root, require=("train",))
-    table = dataset.split("train")
-    small = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n // 4].reset_index(drop=True),
-                    dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
-    full = Dataset(dataset.table[dataset.table["subset"] == "train"].reset_index(drop=True),
-                   dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
-    folders = image_folder_train(root, n)
-    feat, _ = embedding_model(arch=arch, weights=None, image_size=size)
-    fwd = tf.function(lambda x: feat(x, training=False))
-    tmp = Path(tempfile.mkdtemp(prefix="bench_export_"))
-    times = {k: [] for k in ("limit", "pipeline", "idfd", "export_n4", "export_n")}
-
-    def ours():
-        pipe = make_pipeline(table, image_size=size, preprocess=spec.preprocess, batch_size=batch,
-                             training=False, shuffle=False, with_labels=False)
-        arr = np.lib.format.open_memmap(tmp / "ours.npy", mode="w+", dtype=np.float32, shape=(len(table), feat.output.shape[-1]))
-        row = 0
-        for b in pipe:
-            out = np.asarray(fwd(b))
-            arr[row:row + len(out)] = out
-            row += len(out)
-        arr.flush()
-        del arr
-
-    def idfd():
-        ds = keras.utils.image_dataset_from_directory(folders, image_size=(size, size), batch_size=batch,
-                                                      shuffle=False, label_mode=None, verbose=False)
+    dataset = load_dataset(root, require=("train",), check_files=False)
+    sub = Dataset(dataset.table[dataset.table["subset"] == "train"].iloc[:n].reset_index(drop=True),
+                  dataset.classes, root=dataset.root, image_root=dataset.image_root, source=dataset.source)
+    t0 = time.perf_counter()
+    if way == "package":
+        export(Path(out) / "store", sub, arch=arch, weights=None, image_size=224, batch_size=32, verbose=0,
+               splits=["train"])
+    else:
+        model = spec.build(weights=None, input_shape=(224, 224, 3))
+        model = keras.Model(model.inputs, keras.layers.GlobalAveragePooling2D()(model.outputs[0]))
+        ds = keras.utils.image_dataset_from_directory(Path(root) / "folders_train", image_size=(224, 224),
+                                                      batch_size=32, shuffle=False, label_mode=None, verbose=False)
         ds = ds.map(spec.preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-        np.save(tmp / "idfd.npy", feat.predict(ds, verbose=0))
+        np.save(Path(out) / "plain.npy", model.predict(ds, verbose=0))
+    seconds = time.perf_counter() - t0
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"way": way, "n": n, "seconds": seconds, "rss_mib": hwm / 1024}))
 
-    def export(ds, name):
-        export_store(tmp / name, ds, arch=arch, weights=None, image_size=size, batch_size=batch, verbose=0,
-                     overwrite=True)
 
-    ours()
-    idfd()  # warm-up: traces the functions
-    for r in range(rounds):
-        times["limit"].append(_limit_throughput(feat, size, n, batch, spec.preprocess))  # img/s
-        for key, fn in (("pipeline", ours), ("idfd", idfd), ("export_n4", lambda: export(small, "s4")),
-                        ("export_n", lambda: export(full, "s1"))):
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    shutil.rmtree(tmp, ignore_errors=True)
-    limit = med(times["limit"])
-    n4 = n // 4
-    thr = {"pipeline": n / med(times["pipeline"]), "idfd": n / med(times["idfd"]),
-           "export_whole_call_n": n / med(times["export_n"]),
-           "export_marginal": (n - n4) / (med(times["export_n"]) - med(times["export_n4"]))}
-    res = dict(arch=arch, n=n, batch=batch, rounds=rounds, limit_img_s=limit,
-               **{f"{k}_img_s": v for k, v in thr.items()}, **{f"{k}_fraction": v / limit for k, v in thr.items()},
-               times={k: [round(x, 3) for x in v] for k, v in times.items()})
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}), flush=True)
+def bench_export(root: Path, n: int, rounds: int, arch: str) -> dict:
+    """The package's export against the plain Keras way, side by side: fresh processes, alternated, same images."""
+    image_folder_train(root, n)
+    times = {"package": [], "plain": []}
+    rss = {"package": [], "plain": []}
+    for r in range(rounds + 1):  # round 0 warms the file cache and is discarded
+        for way in (("package", "plain") if r % 2 == 0 else ("plain", "package")):
+            out = Path(tempfile.mkdtemp(prefix="bench_export_"))
+            try:
+                done = subprocess.run([sys.executable, __file__, "--export-child", way, "--root", str(root),
+                                       "--export-n", str(n), "--export-arch", arch, "--out-dir", str(out)],
+                                      capture_output=True, text=True, check=True)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            res = json.loads(done.stdout.strip().splitlines()[-1])
+            if r:
+                times[way].append(res["seconds"])
+                rss[way].append(res["rss_mib"])
+            print(json.dumps(dict(res, round=r)), flush=True)
+    ratios = [p / q for p, q in zip(times["plain"], times["package"])]  # > 1: the package is faster
+    res = dict(arch=arch, n=n, rounds=rounds, times=times, rss=rss, ratios=ratios,
+               package_img_s=n / med(times["package"]), plain_img_s=n / med(times["plain"]))
+    print(json.dumps(res), flush=True)
     return res
 
 
@@ -330,17 +304,19 @@ def report(res: dict, argv: list[str]) -> str:
         lines.append("")
     if "export" in res:
         e = res["export"]
-        lines += [f"### Feature export, {e['arch']} @224, {e['n']} JPEGs (256 px) -> features on disk", "",
-                  "| path | img/s | fraction of model-only forward |", "|---|---|---|",
-                  f"| model-only forward on an in-memory tensor (the limit) | {e['limit_img_s']:.1f} | 1.00 |",
-                  f"| `features.export`, marginal ({e['n'] // 4} -> {e['n']} images: fixed costs cancel) | "
-                  f"{e['export_marginal_img_s']:.1f} | **{e['export_marginal_fraction']:.2f}** |",
-                  f"| `features.export`, whole call for {e['n']} images (model build + tracing included) | "
-                  f"{e['export_whole_call_n_img_s']:.1f} | {e['export_whole_call_n_fraction']:.2f} |",
-                  f"| `data.make_pipeline` + compiled forward + `.npy` memmap | {e['pipeline_img_s']:.1f} | "
-                  f"{e['pipeline_fraction']:.2f} |",
-                  f"| `image_dataset_from_directory` + `model.predict` + `np.save` | {e['idfd_img_s']:.1f} | "
-                  f"{e['idfd_fraction']:.2f} |", ""]
+        r = e["ratios"]
+        lines += [f"### Feature export: the package against the plain Keras way, {e['arch']} @224, {e['n']} JPEGs "
+                  f"(256 px), {e['rounds']} rounds", "",
+                  "Each export runs in a fresh process (model build included, imports excluded), the two ways "
+                  "alternated round by round after one discarded warm-up round.", "",
+                  "| way | img/s (median) | seconds per round | peak RSS MiB (max) |", "|---|---|---|---|",
+                  f"| `features.export` (the package) | {e['package_img_s']:.1f} | "
+                  f"{', '.join(f'{t:.1f}' for t in e['times']['package'])} | {max(e['rss']['package']):.0f} |",
+                  f"| `image_dataset_from_directory` + `model.predict` + `np.save` | {e['plain_img_s']:.1f} | "
+                  f"{', '.join(f'{t:.1f}' for t in e['times']['plain'])} | {max(e['rss']['plain']):.0f} |", "",
+                  f"Speed of the package / plain way per round: {', '.join(f'{x:.3f}' for x in r)} (median "
+                  f"**{med(r):.3f}**, worst **{min(r):.3f}**); peak RSS package / plain: "
+                  f"{max(e['rss']['package']) / max(e['rss']['plain']):.3f}.", ""]
     if "rss" in res:
         r = res["rss"]
         lines += [f"### Peak RSS of `features.export` ({r['arch']}, fresh process each)", "",
@@ -378,11 +354,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--export-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     common.set_grain(args.grain)
     if args.rss_child is not None:
         rss_child(args.root, args.rss_child, args.export_arch)
+        return 0
+    if args.export_child is not None:
+        export_child(args.root, args.export_n, args.export_arch, args.export_child, args.out_dir)
         return 0
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     res = {"machine": machine()}
@@ -400,7 +381,7 @@ def main(argv=None) -> int:
         if "export" in sections:
             sub = work / "mame_export"
             _subset(root, sub, args.export_n)
-            res["export"] = bench_export(sub, args.export_n, 32, args.rounds, args.export_arch)
+            res["export"] = bench_export(sub, args.export_n, args.rounds, args.export_arch)
         if "rss" in sections:
             res["rss"] = bench_rss(root, args.rss_n, max(2, args.rounds - 1), args.export_arch)
         if "prepare" in sections:

@@ -106,3 +106,56 @@ def machine() -> dict:
     return dict(nproc=os.cpu_count(), cpu=cpu, python=platform.python_version(), tensorflow=tf.__version__,
                 keras=keras.__version__, pillow=PIL.__version__, numpy=np.__version__,
                 gpus=len(tf.config.list_physical_devices("GPU")))
+
+
+# --------------------------------------------------------------------------------------------- synthetic vectors
+
+
+def clustered_vectors(n: int, dim: int = 1280, *, clusters: int = 1000, latent: int = 128, seed: int = 0,
+                      start: int = 0, stop: int | None = None):
+    """Rows ``start:stop`` of a synthetic set of ``n`` CNN-like embeddings with cluster structure, and their clusters.
+
+    Latent vectors (``latent`` dims, standard deviations falling as 1/sqrt(j) like the spectrum of pooled CNN
+    features) around ``clusters`` centres of Zipf-like sizes, mapped to ``dim`` dims by a fixed random matrix, plus a
+    little isotropic noise, then ReLU (pooled features are non-negative). Any slice is reproducible on its own, so a
+    million rows can be written chunk by chunk.
+    """
+    stop = n if stop is None else stop
+    base = np.random.default_rng(seed)
+    scale = (np.arange(1, latent + 1) ** -0.5).astype(np.float32)
+    centres = (base.normal(size=(clusters, latent)) * scale * 2).astype(np.float32)
+    mix = (base.normal(size=(latent, dim)) / np.sqrt(latent)).astype(np.float32)
+    p = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    labels = base.choice(clusters, size=n, p=p / p.sum())[start:stop]
+    rng = np.random.default_rng([seed, start])
+    z = centres[labels] + rng.normal(size=(stop - start, latent)).astype(np.float32) * scale
+    x = z @ mix + 0.05 * rng.normal(size=(stop - start, dim)).astype(np.float32)
+    return np.maximum(x, 0), labels
+
+
+def write_vector_store(path: Path, n: int, dim: int = 1280, *, chunk: int = 50000, seed: int = 0) -> Path:
+    """A feature store of :func:`clustered_vectors` (one ``train`` split, no images), written chunk by chunk."""
+    import json
+
+    import pandas as pd
+
+    from mame_transfer.store.store import FORMAT
+
+    if (path / "manifest.json").is_file():
+        return path
+    (path / "train").mkdir(parents=True, exist_ok=True)
+    emb = np.lib.format.open_memmap(path / "train" / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    labels = np.empty(n, np.int64)
+    for a in range(0, n, chunk):
+        emb[a:a + chunk], labels[a:a + chunk] = clustered_vectors(n, dim, seed=seed, start=a, stop=min(n, a + chunk))
+    emb.flush()
+    del emb
+    classes = [f"cluster{c:04d}" for c in range(int(labels.max()) + 1)]
+    pd.DataFrame({"image": [f"item{i:07d}.jpg" for i in range(n)], "path": "", "label": [classes[c] for c in labels],
+                  "label_index": labels, "subset": "train", "museum": "synthetic"}).to_csv(
+        path / "train" / "metadata.csv", index=False)
+    manifest = {"format": FORMAT, "arch": "synthetic", "alpha": None, "weights": None, "run": None, "layer": "x",
+                "image_size": 0, "preprocessing": "none", "classes": classes, "feature_sets": ["embeddings"],
+                "splits": {"train": {"n": n, "dim": dim}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path

@@ -33,6 +33,7 @@ from mame_transfer.core import cli
 from mame_transfer.core.errors import ConfigError
 from mame_transfer.explorer.neighbours import PCA_DIM
 from mame_transfer.explorer.site import THUMB_SIZE
+from mame_transfer.knn import AUTO_EXACT_MAX, METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thumb-size", type=cli.positive_int, default=THUMB_SIZE, help="thumbnail side in pixels")
     parser.add_argument("--pca-dim", type=cli.positive_int, default=PCA_DIM, help="dims of the in-page similarity distribution")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier explorer site at --out")
+    parser.add_argument("--neighbours", choices=METHODS, default="auto",
+                        help=f"exact: every pair; approx: inverted-file index (faiss) re-ranked exactly, recall@k "
+                             f"measured; auto: exact up to {AUTO_EXACT_MAX:,} items")
     parser.add_argument("--serve", action="store_true", help="serve the site on http://127.0.0.1:PORT/")
     parser.add_argument("--port", type=int, default=8765, help="port of --serve")
     cli.add_jobs(parser, help="CPU threads of the neighbour search (default: all)")
@@ -61,9 +65,12 @@ def _explore(args) -> None:
         warnings.simplefilter("always", ExplorerWarning)
         site = build_site(args.store, out, k=args.k, compare=args.compare, thumbnails=not args.no_thumbs,
                           thumb_size=args.thumb_size, pca_dim=args.pca_dim, reuse=args.serve, overwrite=args.overwrite,
-                          log=(lambda m: print(m, file=sys.stderr)) if args.verbose else None)
+                          neighbours=args.neighbours, log=(lambda m: print(m, file=sys.stderr)) if args.verbose else None)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if site.recall:
+        print(f"approximate neighbours: recall@{site.recall['k']} {site.recall['recall']:.4f} against exact search on "
+              f"{site.recall['queries']} sampled queries")
     if site.quality is not None:
         print(f"precision@k, {Path(args.store).name}:")
         print(site.quality.to_string(float_format=lambda v: f"{v:.3f}"))

@@ -13,21 +13,27 @@ Examples::
     python -m mame_transfer.features --arch mobilenet --alpha 0.75 --weights imagenet --data DATA --out STORE
     python -m mame_transfer.features saved_models/<run> --layer head_dense_1 --data DATA --out STORE
     python -m mame_transfer.features projector STORE --split val --out DIR
+    python -m mame_transfer.features --arch mobilenet --data DATA --out STORE --shard 2/4   # share 2 of 4 processes
 
 Export streams batch by batch into preallocated ``.npy`` memory maps inside ``<out>.partial/``; a progress file
 is rewritten after every flushed batch, so rerunning an interrupted command resumes at the first missing row.
-The finished store is renamed to ``<out>`` only when complete. Augmentation is always off.
+The finished store is renamed to ``<out>`` only when complete. Augmentation is always off. With ``--shard I/N``,
+N processes (on machines sharing the folder, or on one host) each export a contiguous block of every split; the last
+one to finish assembles the store, identical in rows and order to an unsharded export (``store.shards``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from mame_transfer.core import cli
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.fileio import PARTIAL
 from mame_transfer.store.projector import SPRITE_MAX, SPRITE_THUMB
+from mame_transfer.store.shards import describe_missing, parse_shard
 from mame_transfer.store.store import EMBEDDINGS
 
 RESUME_HINT = "rerun the same command to resume the export"
@@ -58,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (--weights none)")
     p.add_argument("--out", required=True, help="store folder")
+    p.add_argument("--shard", metavar="I/N", help="export share I of N (1 <= I <= N) into --out; run all N (any "
+                   "machines sharing the folder): the last to finish assembles the store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     cli.add_jobs(p)
     cli.add_verbose(p)
@@ -92,13 +100,18 @@ def _export(a) -> None:
     if a.run and model and a.run != model:
         raise ConfigError(f"two runs given: {a.run} and --model {model}; pass one")
     run = a.run or model
+    shard = parse_shard(a.shard)
     splits = a.splits or None
     dataset = load_dataset(demo.ensure_demo() if a.demo else a.data, toy=a.toy, images=a.images,
                            require=tuple(splits or ()))
     store = export(a.out, dataset, arch=a.arch, alpha=a.alpha, weights=a.weights, image_size=a.image_size,
                    run=run, layer=a.layer, splits=splits, batch_size=a.batch_size,
                    imagenet_probs=a.imagenet_probs, overwrite=a.overwrite, verbose=a.verbose, jitter=a.jitter,
-                   seed=a.seed)
+                   seed=a.seed, shard=shard)
+    if store is None:
+        out = Path(a.out)
+        print(f"share {a.shard} of {out} is done; {describe_missing(out.with_name(out.name + PARTIAL))}")
+        return
     dims = ", ".join(f"{s} {v['n']}x{v['dim']}" for s, v in store.manifest["splits"].items())
     print(f"{store.path}: {dims} ({', '.join(store.feature_sets)})")
 

@@ -63,9 +63,13 @@ def _finetune(args) -> None:
 
         print(cross_validate(config))
         return
-    from mame_transfer.training.trainer import train
-
-    print(train(config))
+    if config.strategy == "multiworker":  # its own step loop: Keras's fit cannot run under that strategy
+        from mame_transfer.training.multiworker import train_multiworker as train
+    else:
+        from mame_transfer.training.trainer import train
+    run = train(config)
+    if run is not None:  # None: a multi-worker run's non-chief worker (the chief prints the run directory)
+        print(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

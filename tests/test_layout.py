@@ -22,7 +22,7 @@ ROOT = "mame_transfer"
 # library package -> floor, lowest first; a new package needs a floor here
 FLOORS = {
     "core": 0,
-    "datasets": 1,
+    "datasets": 1, "knn": 1,
     "models": 2,
     "inference": 3,
     "training": 4,

@@ -68,8 +68,8 @@ class TrainConfig:
     image_cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch (tf.data cache)",
                            alias="cache")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")
-    strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs",
-                       ("default", "mirrored"))
+    strategy: str = _f("default", "tf.distribute strategy: mirrored = data-parallel over all local GPUs; "
+                       "multiworker = over several machines (TF_CONFIG or Slurm)", ("default", "mirrored", "multiworker"))
     augmentations: str = _f("flip,rotation:10", "with --augment: Keras preprocessing layers on training batches, comma "
                             "separated: flip, rotation:DEGREES, zoom:FRACTION, randaugment:MAGNITUDE, mixup:ALPHA, "
                             "cutmix:FACTOR (mixup/cutmix train on the full network, not the prefix cache)")

@@ -10,6 +10,7 @@ from the exact ones and records it in the page.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,16 +28,9 @@ import pandas as pd
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import atomic_path, check_output, locked, write_json
 from mame_transfer.datasets.images import to_rgb8
-from mame_transfer.explorer.neighbours import (
-    BLOCK,
-    PCA_DIM,
-    approx_error,
-    knn,
-    normalize,
-    precision_at_k,
-    project,
-    quantize,
-)
+from mame_transfer.explorer.neighbours import PCA_DIM, approx_error, precision_at_k, project, quantize
+from mame_transfer.knn import ApproxParams, all_neighbours, normalize, resolve_method
+from mame_transfer.knn.exact import BLOCK
 
 ASSETS = ("index.html", "explorer.js", "explorer.css")
 CHUNK = 2048  # items per on-demand data file
@@ -44,6 +38,9 @@ THUMB_SIZE = 112
 THUMBS_PER_DIR = 1000
 BUILD_FILE = "build.json"
 SITE_KIND = "explorer-site"  # the owner kind of a site folder
+HALF_ABOVE = 50_000  # items above which the build keeps float16 unit vectors
+DIST_SAMPLE = 100_000  # items above which the page's similarity distributions use a uniform sample of this many
+DIST_CHUNK = 16384
 
 
 class ExplorerWarning(UserWarning):
@@ -63,6 +60,8 @@ class Site:
         quality_compare: the same for the ``--compare`` store (on the matched items), or None.
         approx: error of the in-page approximate cosines against the exact ones.
         timings: seconds spent per build stage.
+        method: how the neighbours were found (``exact`` or ``approx``).
+        recall: for ``approx``, recall@k against exact search on sampled queries (:func:`mame_transfer.knn.approx.recall_at_k`).
     """
 
     path: Path
@@ -74,25 +73,37 @@ class Site:
     approx: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     reused: bool = False
+    method: str = "exact"
+    recall: dict | None = None
 
 
-def collection(store) -> tuple[np.ndarray, pd.DataFrame]:
-    """All splits of a store as one collection: ``(embeddings [N, d] float32, metadata with 'split')``."""
-    embs, metas = [], []
+def collection(store, dtype=np.float32, *, chunk: int = 65536) -> tuple[np.ndarray, pd.DataFrame]:
+    """All splits of a store as one collection of unit rows: ``(unit [N, d] dtype, metadata with 'split')``.
+
+    Rows are read and normalised chunk by chunk, so the memory is the output array (float16 halves it).
+    """
+    metas, total = [], 0
     for split in store.splits:
-        emb = np.asarray(store.embeddings(split), dtype=np.float32)
         meta = store.metadata(split)
         meta["split"] = split
-        embs.append(emb)
         metas.append(meta)
+        total += len(meta)
     meta = pd.concat(metas, ignore_index=True)
-    emb = np.concatenate(embs, axis=0)
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
+    unit = np.empty((total, store.dim), dtype=dtype)
+    bad, row = [], 0
+    for split in store.splits:
+        n = int(store.manifest["splits"][split]["n"])
+        for start in range(0, n, chunk):
+            emb = np.asarray(store.embeddings(split)[start:start + chunk], dtype=np.float32)  # a fresh map per chunk
+            finite = np.isfinite(emb).all(axis=1)
+            bad += list(np.flatnonzero(~finite) + row)
+            unit[row:row + len(emb)] = normalize(np.where(finite[:, None], emb, 0.0), dtype)
+            row += len(emb)
+    if bad:
         rows = meta.loc[bad, "image"].astype(str).tolist()
-        raise DataError(f"{store.path}: {int(bad.sum())} embedding row(s) hold NaN/inf, e.g. {rows[:5]}; "
+        raise DataError(f"{store.path}: {len(bad)} embedding row(s) hold NaN/inf, e.g. {rows[:5]}; "
                         "re-export the store.")
-    return emb, meta
+    return unit, meta
 
 
 def _str_col(meta: pd.DataFrame, col: str, default: str = "") -> list[str]:
@@ -194,7 +205,8 @@ def _asset_text(name: str) -> str:
 
 def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thumbnails: bool = True,
                thumb_size: int = THUMB_SIZE, pca_dim: int = PCA_DIM, chunk: int = CHUNK, block: int = BLOCK,
-               reuse: bool = False, overwrite: bool = False, log=None) -> Site:
+               reuse: bool = False, overwrite: bool = False, log=None, neighbours: str = "auto",
+               params: ApproxParams = ApproxParams()) -> Site:
     """Build the explorer site of a feature store.
 
     Args:
@@ -212,6 +224,8 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
         reuse: keep an existing site built from the same inputs and options.
         overwrite: replace an earlier explorer site at ``out``.
         log: callable receiving progress lines (default: none).
+        neighbours: ``exact``, ``approx`` or ``auto`` (exact up to 50,000 items, see :mod:`mame_transfer.knn`).
+        params: settings of the approximate search.
 
     Returns:
         A :class:`Site`. Missing or unreadable images give placeholders and one :class:`ExplorerWarning`.
@@ -229,7 +243,9 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
     if other is not None and not isinstance(other, FeatureStore):
         other = load_store(other)
     out = Path(out)
-    options = {"k": k, "thumbnails": thumbnails, "thumb_size": thumb_size, "pca_dim": pca_dim, "chunk": chunk}
+    resolve_method(neighbours, 0)  # a bad value fails before any work
+    options = {"k": k, "thumbnails": thumbnails, "thumb_size": thumb_size, "pca_dim": pca_dim, "chunk": chunk,
+               "neighbours": neighbours, "params": dataclasses.asdict(params)}
     key = _build_key(store, other, options)
     owned = dict(kind=SITE_KIND, legacy=_is_site, what="explorer site")
     with locked(out, "explore"):
@@ -245,7 +261,7 @@ def build_site(store, out: str | os.PathLike, *, k: int = 20, compare=None, thum
                             approx=old.get("approx", {}), timings=old.get("timings", {}))
         check_output(out, overwrite=overwrite, **owned)
         return _build(store, other, out, key, k=k, thumbnails=thumbnails, thumb_size=thumb_size, pca_dim=pca_dim,
-                      chunk=chunk, block=block, replace=existed, say=say)
+                      chunk=chunk, block=block, replace=existed, say=say, neighbours=neighbours, params=params)
 
 
 def _is_site(path: Path) -> bool:
@@ -254,32 +270,40 @@ def _is_site(path: Path) -> bool:
 
 
 def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb_size: int, pca_dim: int,
-           chunk: int, block: int, replace: bool, say) -> Site:
+           chunk: int, block: int, replace: bool, say, neighbours: str = "auto",
+           params: ApproxParams = ApproxParams()) -> Site:
     """Compute and write the site (``out`` already checked and locked by :func:`build_site`)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    emb, meta = collection(store)
-    unit = normalize(emb)
-    del emb
+    n_items = sum(int(v["n"]) for v in store.manifest["splits"].values())
+    # Large collections keep float16 unit rows (half the memory; cosines within about 1e-3).
+    unit, meta = collection(store, np.float32 if n_items <= HALF_ABOVE else np.float16)
     n = len(unit)
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    ids, scores = knn(unit, k, block=block)
+    basis = project(unit, pca_dim)
+    proj = np.concatenate([unit[a:a + 65536].astype(np.float32) @ basis for a in range(0, n, 65536)]) if n else \
+        np.zeros((0, basis.shape[1]), np.float32)
+    q, qscale = quantize(proj)
+    reduced = normalize(proj) if basis.shape[1] == params.dim else None  # the index reuses the page's projection
+    del proj
+    approx = approx_error(unit, q, qscale)
+    approx["dim"] = int(q.shape[1])
+    timings["projection"] = time.perf_counter() - t
+
+    nb = all_neighbours(unit, k, method=neighbours, reduced=reduced, params=params, block=block, log=say)
+    del reduced
+    ids, scores = nb.ids, nb.scores
     k = ids.shape[1]
-    timings["neighbours"] = time.perf_counter() - t
-    say(f"neighbours: exact cosine, {n} items x {k}, {timings['neighbours']:.1f} s")
+    timings["neighbours"] = nb.seconds["search"]
+    if "recall" in nb.seconds:
+        timings["recall"] = nb.seconds["recall"]
+    say(f"neighbours: {nb.description}; {n} items x {k}, {timings['neighbours']:.1f} s")
 
     labels = _str_col(meta, "label")
     classes = [c for c in store.classes if c in set(labels)] + sorted(set(labels) - set(store.classes))
     quality = precision_at_k(labels, ids, _ks(k), classes)
-
-    t = time.perf_counter()
-    basis = project(unit, pca_dim)
-    q, qscale = quantize(unit @ basis)
-    approx = approx_error(unit, q, qscale)
-    approx["dim"] = int(q.shape[1])
-    timings["projection"] = time.perf_counter() - t
 
     # --compare: neighbours of the same images in the other store, among the images both stores hold.
     cmp_ids = cmp_scores = None
@@ -287,7 +311,7 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
     cmp_info = None
     if other is not None:
         t = time.perf_counter()
-        o_emb, o_meta = collection(other)
+        o_emb, o_meta = collection(other, unit.dtype)
         o_names = o_meta["image"].astype(str)
         dup = o_names[o_names.duplicated()].tolist()
         if dup:
@@ -303,9 +327,10 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
         if len(mine) < 2:
             raise DataError(f"--compare {other.path}: only {len(mine)} of {n} images of {store.path} are in it "
                             "(matched by the metadata 'image' column); nothing to compare.")
-        o_unit = normalize(o_emb[pos[mine].astype(int)])
+        o_unit = o_emb[pos[mine].astype(int)]
         del o_emb
-        sub_ids, sub_scores = knn(o_unit, k, block=block)
+        o_nb = all_neighbours(o_unit, k, method=neighbours, params=params, block=block, log=say)
+        sub_ids, sub_scores = o_nb.ids, o_nb.scores
         kk = sub_ids.shape[1]
         cmp_ids = np.full((n, k), -1, dtype=np.int32)
         cmp_scores = np.full((n, k), np.nan, dtype=np.float32)
@@ -317,7 +342,7 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
         overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(a_sets, b_sets)]))
         cmp_info = {"name": _store_name(other), "manifest": _manifest_summary(other), "matched": int(len(mine)),
                     "overlap": round(overlap, 4), "quality": _quality_json(quality_cmp),
-                    "quality_self_matched": _quality_json(quality_mine)}
+                    "quality_self_matched": _quality_json(quality_mine), "method": o_nb.description}
         timings["compare"] = time.perf_counter() - t
         say(f"compare: {len(mine)} of {n} images matched in {other.path}; mean neighbour overlap {overlap:.3f}")
 
@@ -364,13 +389,22 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
                       {"start": start, "count": stop - start, "dim": int(q.shape[1]),
                        "q": _b64(q[start:stop], "i1"), "scale": _b64(qscale[start:stop], "<f4")})
             emb_chunks += 1
+        dist = None
+        if n > DIST_SAMPLE:  # the page's distributions use a uniform sample (its size bounds the page's memory)
+            pick = np.sort(np.random.default_rng(0).choice(n, DIST_SAMPLE, replace=False)).astype(np.int32)
+            for c, start in enumerate(range(0, DIST_SAMPLE, DIST_CHUNK)):
+                rows = pick[start:start + DIST_CHUNK]
+                _write_js(data / "dist" / f"{c:05d}.js", f"dist/{c:05d}",
+                          {"start": start, "count": len(rows), "dim": int(q.shape[1]), "ids": _b64(rows, "<i4"),
+                           "q": _b64(q[rows], "i1"), "scale": _b64(qscale[rows], "<f4")})
+            dist = {"n": DIST_SAMPLE, "chunks": (DIST_SAMPLE + DIST_CHUNK - 1) // DIST_CHUNK}
         meta_js = {
             "title": _store_name(store), "store": _manifest_summary(store), "n": n, "k": k,
             "classes": classes, "museums": museums, "splits": split_names, "chunk": chunk,
             "nbr_chunks": nbr_chunks, "emb_chunks": emb_chunks, "thumbs_per_dir": THUMBS_PER_DIR,
             "thumb_size": thumb_size, "missing_thumbs": len(missing_ids), "approx": approx,
             "quality": _quality_json(quality), "compare": cmp_info,
-            "method": "exact cosine (float32 matmul in blocks of %d query rows)" % block,
+            "method": nb.description, "neighbours": nb.method, "recall": nb.recall, "dist": dist,
         }
         _write_js(data / "meta.js", "meta", meta_js)
         for name in ASSETS:
@@ -382,6 +416,7 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
         if quality_cmp is not None:
             quality_cmp.to_csv(tmp / "precision_at_k_compare.csv", float_format="%.4f")
         write_json(tmp / BUILD_FILE, {"key": key, "n": n, "k": k, "missing": missing, "approx": approx,
+                                      "neighbours": nb.method, "recall": nb.recall,
                                       "timings": timings, "store": str(store.path),
                                       "compare": str(other.path) if other is not None else None})
     if missing:
@@ -389,7 +424,7 @@ def _build(store, other, out: Path, key: str, *, k: int, thumbnails: bool, thumb
         warnings.warn(f"{len(missing)} of {n} image file(s) of {store.path} are missing or unreadable; "
                       f"placeholders shown instead: {shown}", ExplorerWarning, stacklevel=2)
     say(f"wrote {out} ({n} items, k={k}) in {timings['total']:.1f} s")
-    return Site(out, n, k, missing, quality, quality_cmp, approx, timings)
+    return Site(out, n, k, missing, quality, quality_cmp, approx, timings, method=nb.method, recall=nb.recall)
 
 
 def _store_name(store) -> str:

@@ -7,11 +7,13 @@ is renamed to ``<out>`` only when complete. Augmentation is always off (``jitter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +24,7 @@ from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, check_output, locked, mark, write_json, write_text
 from mame_transfer.datasets.images import named_image_errors
+from mame_transfer.store import shards
 from mame_transfer.store.store import (
     EMBEDDINGS,
     FORMAT,
@@ -98,6 +101,9 @@ def imagenet_top_model(arch: str, alpha: float = 1.0):
     return spec.build(weights="imagenet", include_top=True, alpha=alpha), spec.default_size
 
 
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {image size: traced forward}
+
+
 def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_size: int, preprocess,
             batch_size: int, on_batch, desc: str, verbose: int, jitter: bool = False) -> None:
     """Fill ``array[start:]`` batch by batch; ``on_batch(rows_done)`` runs after each flushed batch.
@@ -115,9 +121,12 @@ def _stream(model, table: pd.DataFrame, array: np.ndarray, start: int, *, image_
     import tensorflow as tf
 
     # One graph, traced once for any batch size (an eager call runs layer by layer; an unconstrained
-    # tf.function retraces for new batch shapes, ~1 s each for EfficientNet).
-    graph = tf.function(lambda x: model(x, training=False),
-                        input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32)])
+    # tf.function retraces for new batch shapes, ~1 s each for EfficientNet), and kept for the next split or share.
+    graphs = _GRAPHS.setdefault(model, {})
+    if image_size not in graphs:
+        graphs[image_size] = tf.function(lambda x: model(x, training=False),
+                                         input_signature=[tf.TensorSpec((None, image_size, image_size, 3), tf.float32)])
+    graph = graphs[image_size]
 
     def forward(x, training=False):
         return graph(x)
@@ -147,7 +156,7 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
            weights: str | None = "imagenet", image_size: int | None = None, run: str | os.PathLike | None = None,
            layer: str | None = None, splits: Sequence[str] | None = None, batch_size: int = 32,
            imagenet_probs: bool = False, overwrite: bool = False, verbose: int = 1,
-           jitter: bool = False, seed: int = 0) -> FeatureStore:
+           jitter: bool = False, seed: int = 0, shard: tuple[int, int] | None = None) -> FeatureStore | None:
     """Export embeddings (and optionally ImageNet probabilities) of every image of ``splits`` to a store.
 
     Writes into ``<out>.partial`` (resumable: rows done per split and feature set are recorded after every
@@ -165,22 +174,27 @@ def export(out: str | os.PathLike, dataset, *, arch: str | None = None, alpha: f
         overwrite: replace an existing complete store at ``out``. Any folder at ``out`` (or ``<out>.partial``)
             that is not a feature store is refused, with or without it.
         jitter: average each image's features over flips and crops (Razavian et al. 2014, :func:`tta.jitter_views`).
+        shard: ``(I, N)``: export only share I of N into ``out`` (:mod:`.shards`); the share that completes the set
+            assembles the store and returns it, the others return None.
     """
     out = Path(out)
-    with locked(out, "features"):
+    work = out.with_name(out.name + PARTIAL)
+    args = dict(arch=arch, alpha=alpha, weights=weights, image_size=image_size, run=run, layer=layer, splits=splits,
+                batch_size=batch_size, imagenet_probs=imagenet_probs, verbose=verbose, jitter=jitter, seed=seed)
+    # The shares of one export run at once into one folder: no folder-wide lock then; each share holds its own
+    # lock and the share that completes the set assembles the store under the plan's lock (:func:`_assemble`).
+    with contextlib.nullcontext() if shard is not None else locked(out, "features"):
         existed = check_output(out, STORE_KIND, overwrite=overwrite, legacy=is_store, what="feature store")
-        work = out.with_name(out.name + PARTIAL)
         # An interrupted export of ours is resumed or redone; a foreign folder of that name is never touched.
-        check_output(work, STORE_KIND, additive=True, legacy=lambda p: (p / PROGRESS).is_file(),
-                     what="interrupted feature export", flag="--out (its .partial folder)")
+        check_output(work, STORE_KIND, additive=True, legacy=lambda p: (p / PROGRESS).is_file() or
+                     (p / shards.SHARDS).is_dir(), what="interrupted feature export",
+                     flag="--out (its .partial folder)")
         with named_image_errors():
-            return _export(out, work, existed, dataset, arch=arch, alpha=alpha, weights=weights, image_size=image_size,
-                           run=run, layer=layer, splits=splits, batch_size=batch_size,
-                           imagenet_probs=imagenet_probs, verbose=verbose, jitter=jitter, seed=seed)
+            return _export(out, work, existed, dataset, shard=shard, **args)
 
 
 def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weights, image_size, run, layer, splits,
-            batch_size, imagenet_probs, verbose, jitter, seed) -> FeatureStore:
+            batch_size, imagenet_probs, verbose, jitter, seed, shard=None) -> FeatureStore | None:
     """The body of :func:`export`, with ``out`` locked and checked."""
     splits = list(splits or dataset.subsets)
     for s in splits:
@@ -200,33 +214,15 @@ def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weigh
                     dataset=str(dataset.source or dataset.root),
                     feature_sets=[EMBEDDINGS] + ([IMAGENET_PROBS] if imagenet_probs else []),
                     splits={s: {"n": len(t), "dim": dim} for s, t in tables.items()})
-    progress = _open_progress(work, manifest)
     jobs = [(EMBEDDINGS, feat, info["image_size"], dim)]
     if imagenet_probs:
         top, top_size = imagenet_top_model(info["arch"], info["alpha"] or 1.0)
         jobs.append((IMAGENET_PROBS, top, top_size, 1000))
-    for split, table in tables.items():
-        (work / split).mkdir(parents=True, exist_ok=True)
-        if not (work / split / "metadata.csv").is_file():
-            write_text(work / split / "metadata.csv", metadata_frame(table).to_csv(index=False))
-        for name, model, size, width in jobs:
-            path = work / split / f"{name}.npy"
-            key = f"{split}/{name}"
-            done = int(progress["done"].get(key, 0)) if path.is_file() else 0
-            if done >= len(table):
-                continue
-            if done:
-                array = np.lib.format.open_memmap(path, mode="r+")
-            else:
-                array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(table), width))
-
-            def mark(rows, key=key):
-                progress["done"][key] = rows
-                write_json(work / PROGRESS, progress)
-
-            _stream(model, table, array, done, image_size=size, preprocess=spec.preprocess, batch_size=batch_size,
-                    on_batch=mark, desc=key, verbose=verbose, jitter=jitter)
-            del array
+    fill = dict(preprocess=spec.preprocess, batch_size=batch_size, verbose=verbose, jitter=jitter)
+    if shard is not None:
+        return _export_share(out, work, shard, tables, jobs, manifest, fill)
+    progress = _open_progress(work, manifest)
+    _fill(work, tables, jobs, progress, **fill)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for split, table in tables.items():  # provenance per split: a split copied from another export is refused
         manifest["splits"][split].update(dataset=manifest["dataset"], input_hash=input_hash(table),
@@ -244,18 +240,161 @@ def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weigh
     return load_store(out)
 
 
-def _open_progress(work: Path, manifest: dict) -> dict:
-    """Progress of an interrupted export of the same inputs and settings, or a fresh one."""
+def _fill(folder: Path, tables: dict, jobs: list, progress: dict, *, preprocess, batch_size: int, verbose: int,
+          jitter: bool, metadata: bool = True, desc: str = "") -> None:
+    """Stream every job's rows of every table into ``folder/<split>/<name>.npy``, resuming from ``progress``."""
+    for split, table in tables.items():
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        if metadata and not (folder / split / "metadata.csv").is_file():
+            write_text(folder / split / "metadata.csv", metadata_frame(table).to_csv(index=False))
+        for name, model, size, width in jobs:
+            path = folder / split / f"{name}.npy"
+            key = f"{split}/{name}"
+            done = int(progress["done"].get(key, 0)) if path.is_file() else 0
+            if done >= len(table) and path.is_file():
+                continue
+            if not len(table):  # a share may get no row of a small split
+                np.save(path, np.zeros((0, width), np.float32))
+                continue
+            if done:
+                array = np.lib.format.open_memmap(path, mode="r+")
+            else:
+                array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(table), width))
+
+            def mark(rows, key=key):
+                progress["done"][key] = rows
+                write_json(folder / PROGRESS, progress)
+
+            _stream(model, table, array, done, image_size=size, preprocess=preprocess, batch_size=batch_size,
+                    on_batch=mark, desc=desc + key, verbose=verbose, jitter=jitter)
+            del array
+
+
+def _settings(manifest: dict) -> dict:
+    """What an export must keep to be resumed (or shared out): model, inputs, feature sets."""
     keys = ("arch", "alpha", "weights", "run", "layer", "image_size", "seed", "jitter", "input_hash", "splits",
             "feature_sets")
-    want = {k: manifest[k] for k in keys}
+    return json.loads(json.dumps({k: manifest[k] for k in keys}))
+
+
+def _export_share(out: Path, work: Path, shard: tuple[int, int], tables: dict, jobs: list, manifest: dict,
+                  fill: dict) -> FeatureStore | None:
+    """Export share ``I/N`` of ``tables``; the last share to finish assembles the store (else None)."""
+    i, n = shard
+    _claim_plan(work, _settings(manifest), n)
+    folder = shards.share_dir(work, i, n)
+    with shards.Lock(folder.with_name(folder.name + ".lock"), what=f"share {i}/{n} of {out}"):
+        if not (folder / shards.DONE).is_file():
+            ranges = {s: shards.share_rows(len(t), i, n) for s, t in tables.items()}
+            mine = {s: t.iloc[a:b].reset_index(drop=True) for s, t in tables.items() for a, b in [ranges[s]]}
+            progress = _share_progress(folder, _settings(manifest))
+            _fill(folder, mine, jobs, progress, metadata=False, desc=f"share {i}/{n} ", **fill)
+            write_json(folder / shards.DONE, {"rows": ranges, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return _assemble(out, work, n, tables, manifest)
+
+
+def _claim_plan(work: Path, settings: dict, n: int) -> None:
+    """Create ``shards/plan.json`` or check that this share agrees with it (shares start in any order)."""
+    folder = work / shards.SHARDS
+    if (work / PROGRESS).is_file() and not folder.is_dir():
+        raise ConfigError(f"{work} holds an unsharded export in progress; rerun it without --shard to resume it, or "
+                          f"delete {work} to start over")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = shards.Lock(folder / shards.ASSEMBLE_LOCK, what=f"the plan of {work}").acquire(blocking=True)
+    try:
+        plan_path = folder / shards.PLAN
+        if plan_path.is_file():
+            plan = json.loads(plan_path.read_text())
+            if plan.get("shares") != n:
+                raise ConfigError(f"{work} is being exported in {plan.get('shares')} shares; this is a share of {n}. "
+                                  f"Use --shard I/{plan.get('shares')}, or delete {work} to start over")
+            if plan.get("settings") != settings:
+                diff = sorted(k for k in settings if plan["settings"].get(k) != settings[k])
+                raise ConfigError(f"{work} is being exported with other settings or inputs ({', '.join(diff)} "
+                                  f"differ); every share must run the same command but for --shard")
+        else:
+            write_json(plan_path, {"shares": n, "settings": settings})
+    finally:
+        lock.release()
+
+
+def _share_progress(folder: Path, settings: dict) -> dict:
+    path = folder / PROGRESS
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("settings") == settings:
+            return saved
+    folder.mkdir(parents=True, exist_ok=True)
+    progress = {"settings": settings, "done": {}}
+    write_json(path, progress)
+    return progress
+
+
+def _assemble(out: Path, work: Path, n: int, tables: dict, manifest: dict, chunk: int = 65536) -> FeatureStore | None:
+    """When every share is done, copy them into the store's files in row order and rename it to ``out``."""
+    try:
+        lock = shards.Lock(work / shards.SHARDS / shards.ASSEMBLE_LOCK, what=f"assembling {out}").acquire(
+            blocking=True, create=False)
+    except FileNotFoundError:  # another share assembled it meanwhile
+        return load_store(out)
+    try:
+        if not (work / shards.SHARDS / shards.PLAN).is_file():
+            return load_store(out)
+        if shards.status(work)["missing"]:
+            return None
+        for split, table in tables.items():
+            (work / split).mkdir(exist_ok=True)
+            write_text(work / split / "metadata.csv", metadata_frame(table).to_csv(index=False))
+            for name in manifest["feature_sets"]:
+                pieces = [(shards.share_rows(len(table), i, n), shards.share_dir(work, i, n) / split / f"{name}.npy")
+                          for i in range(1, n + 1)]
+                width = int(np.load(pieces[-1][1], mmap_mode="r").shape[1])
+                dst = np.lib.format.open_memmap(work / split / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                shape=(len(table), width))
+                for (a, b), path in pieces:
+                    if b > a:
+                        src = np.load(path, mmap_mode="r")
+                        for r in range(0, b - a, chunk):
+                            dst[a + r: min(b, a + r + chunk)] = src[r: r + chunk]
+                        del src
+                dst.flush()
+                del dst
+        manifest = dict(manifest, shards=n, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        for split, table in tables.items():  # provenance per split, as an unsharded export records it
+            manifest["splits"][split].update(dataset=manifest["dataset"], input_hash=input_hash(table),
+                                             metadata_sha256=file_sha256(work / split / "metadata.csv"))
+        write_json(work / MANIFEST, manifest)
+        shutil.rmtree(work / shards.SHARDS)
+        mark(work, STORE_KIND)
+        if out.exists():  # our own earlier store: export() checked it (--overwrite) before any share started
+            old = out.with_name(f".{out.name}.replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out)
+    finally:
+        lock.release()
+    return load_store(out)
+
+
+def _open_progress(work: Path, manifest: dict) -> dict:
+    """Progress of an interrupted export of the same inputs and settings, or a fresh one."""
+    want = _settings(manifest)
+    if (work / shards.SHARDS).is_dir():
+        raise ConfigError(f"{work} holds a sharded export in progress ({shards.describe_missing(work)}); finish it "
+                          f"with --shard, or delete {work} to start over")
     path = work / PROGRESS
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
         except ValueError:
             saved = {}
-        if saved.get("settings") == json.loads(json.dumps(want)):
+        if saved.get("settings") == want:
             return saved
         print(f"[features] {work} holds an export with other settings or inputs; starting over", file=sys.stderr)
     if work.exists():

@@ -26,6 +26,7 @@ import pandas as pd
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
 from mame_transfer.core.fileio import PARTIAL, atomic_path, output_folder
+from mame_transfer.store.shards import describe_missing
 
 FORMAT = "mame_transfer.features/1"
 MANIFEST = "manifest.json"
@@ -204,7 +205,11 @@ def load_store(path: str | os.PathLike, *, validate: bool = True) -> FeatureStor
     man = path / MANIFEST
     if not man.is_file():
         hint = ""
-        if path.with_name(path.name + PARTIAL).is_dir():
+        work = path.with_name(path.name + PARTIAL)
+        if work.is_dir():
+            sharded = describe_missing(work)
+            if sharded:
+                raise DataError(f"{man} does not exist: the sharded export into {work} is incomplete: {sharded}.")
             hint = f" ({path.name}{PARTIAL} exists: the export was interrupted; rerun it to resume)"
         raise DataError(f"{man} does not exist: {path} is not a feature store{hint}.")
     try:

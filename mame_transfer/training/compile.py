@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from mame_transfer.core.config import TrainConfig
+from mame_transfer.core.errors import ConfigError
 
 log = logging.getLogger("mame_transfer")
 
@@ -158,6 +159,9 @@ def tensorboard_callback(log_dir):
 
 def make_strategy(name: str):
     """``mirrored``: a ``tf.distribute.MirroredStrategy`` over every local GPU (or logical CPU device); else None."""
+    if name == "multiworker":
+        raise ConfigError("--strategy multiworker is trained by mame_transfer.training.multiworker.train_multiworker "
+                          "(python -m mame_transfer.finetune runs it), not by model.fit")
     if name != "mirrored":
         return None
     import tensorflow as tf

@@ -37,7 +37,7 @@ class TrainingDiverged(MameTransferError, RuntimeError):
     """The training loss became NaN or infinite: the run is left incomplete (``.partial``)."""
 
 
-def _log_to_file(verbose: int, file: Path) -> logging.Handler:
+def log_to_file(verbose: int, file: Path) -> logging.Handler:
     """Package log lines on stdout (warnings only when not verbose) and in the run's ``run.log``."""
     log_to_stdout(verbose)
     fh = logging.FileHandler(file, encoding="utf-8")
@@ -52,8 +52,8 @@ def _callback_state(cb) -> dict:
             and isinstance(v, (int, float, np.floating))}
 
 
-def _epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
-                        restore: dict | None, full_model=None, track_best: bool = True):
+def epoch_end_callback(resume: runs.ResumeState, phase: int, tracked: dict, best: dict, best_path: Path,
+                       restore: dict | None, full_model=None, track_best: bool = True):
     """The last callback of every epoch: keeps the best weights (selection accuracy), then saves the resume state.
 
     ``track_best`` is False in progressive-resizing phases below the final size (their scores are not comparable).
@@ -104,7 +104,7 @@ def _stop_on_nan(work: Path, config: TrainConfig):
     return _StopOnNaN()
 
 
-def _build(config: TrainConfig, num_classes: int, strategy):
+def build_net(config: TrainConfig, num_classes: int, strategy):
     """The flat model of a run, with the transfer methods' initialisation applied (at ``config.image_size``)."""
     from mame_transfer.models.build import build_model
     from mame_transfer.training import methods
@@ -233,7 +233,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
     select_t = val_t
     if config.select_on == "train-holdout" or config.folds:  # val stays untouched until the final scores
         train_t, select_t = holdout_split(train_t, config.holdout_fraction, config.seed)
-    handler = _log_to_file(config.verbose, work / runs.RUN_LOG)
+    handler = log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
         log.info("%s %s: %d classes, train %d / val %d%s", "resuming" if resuming else "run", work, len(classes),
                  len(train_t), len(val_t), f" / test {len(dataset.split('test'))}" if "test" in dataset.subsets else "")
@@ -246,7 +246,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
         if config.mixed_precision != "none":  # set before building: layers take the global policy
             keras.mixed_precision.set_global_policy(config.mixed_precision)
         strategy = make_strategy(config.strategy)
-        net = _build(config, len(classes), strategy)
+        net = build_net(config, len(classes), strategy)
         steps = config.steps_per_epoch or int(np.ceil(len(train_t) / config.batch_size))
         cw = class_weights(train_t["label_index"].to_numpy(), len(classes), config.class_weight)
 
@@ -291,8 +291,8 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
             callbacks = [_stop_on_nan(work, config), _reseed_each_epoch(config.seed)] + list(tracked.values()) + [
                 keras.callbacks.CSVLogger(str(work / runs.HISTORY), append=True),
                 *([tensorboard_callback(work / runs.TENSORBOARD_DIR)] if config.tensorboard else []),
-                _epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net,
-                                    track_best=size == config.image_size),
+                epoch_end_callback(resume, phase, tracked, best, work / runs.BEST_WEIGHTS, restore, full_model=net,
+                                   track_best=size == config.image_size),
             ]
             fit_net.fit(fit_train, validation_data=fit_val, epochs=p_end, initial_epoch=max(start, p_start),
                         steps_per_epoch=steps if config.steps_per_epoch or epochwise else None, class_weight=cw,

@@ -11,7 +11,7 @@ from tiny_sets import make_mame
 
 from mame_transfer.core.errors import DataError
 from mame_transfer.datasets.layouts import load_dataset
-from mame_transfer.datasets.pipeline import decode_and_resize, make_pipeline
+from mame_transfer.datasets.pipeline import decode_and_resize, make_pipeline, resize
 from mame_transfer.datasets.tables import Dataset
 
 
@@ -35,6 +35,20 @@ def test_decode_and_resize(tiny):
     assert image.shape == (24, 24, 3) and image.dtype == tf.float32
     assert 0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 255
     assert decode_and_resize(tf.constant(tiny.table["path"][0]), (20, 30)).shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("side, antialias", [(36, False), (64, False), (65, True), (250, True)])
+def test_resize_antialiases_only_large_shrinks(side, antialias):
+    import tensorflow as tf
+
+    # A one-pixel checkerboard: plain bilinear beyond a 2x shrink samples it and aliases, antialiasing averages it.
+    board = np.indices((side, side)).sum(axis=0) % 2 * 255.0
+    image = tf.constant(np.repeat(board[..., None], 3, axis=-1), tf.float32)
+    got = resize(image, 32, 32).numpy()
+    want = tf.image.resize(image, (32, 32), method="bilinear", antialias=antialias).numpy()
+    other = tf.image.resize(image, (32, 32), method="bilinear", antialias=not antialias).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - other).max() > 1.0
 
 
 def test_pipeline_shapes_labels_and_order(tiny):

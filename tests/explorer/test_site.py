@@ -184,3 +184,37 @@ def test_bad_arguments(tmp_path, demo_root):
         build_site(store, tmp_path / "s", k=2, compare=other, thumbnails=False)
     assert not (tmp_path / "s").exists()
     assert explore.main([str(tmp_path / "missing_store"), "--out", str(tmp_path / "s")]) == 2
+
+
+def test_approximate_neighbours_and_sampled_distribution_in_chromium(tmp_path, monkeypatch):
+    """--neighbours approx: recall measured and shown; above DIST_SAMPLE items the page's distribution is sampled."""
+    from mame_transfer.explorer import site as site_mod
+    from mame_transfer.knn import ApproxParams
+
+    n = 900
+    rng = np.random.default_rng(5)
+    labels = [f"c{i}" for i in rng.integers(0, 6, n)]
+    store = _synthetic_store(tmp_path / "store", [f"img{i}.jpg" for i in range(n)], labels, [""] * n, dim=48)
+    monkeypatch.setattr(site_mod, "DIST_SAMPLE", 500)
+    monkeypatch.setattr(site_mod, "DIST_CHUNK", 128)
+    with pytest.warns(ExplorerWarning):  # no image files: placeholders
+        site = build_site(store, tmp_path / "site", k=10, neighbours="approx", chunk=256,
+                          params=ApproxParams(probes=40, candidates=40))  # 48-d rows: the index uses them all
+    assert site.method == "approx" and site.recall["k"] == 10 and site.recall["recall"] >= 0.95
+    build = read_json(tmp_path / "site" / "build.json", ["neighbours", "recall"])
+    assert build["neighbours"] == "approx" and build["recall"] == site.recall
+    assert len(list((tmp_path / "site" / "data" / "dist").glob("*.js"))) == 4  # 500 sampled items in chunks of 128
+    with open_page(tmp_path / "site" / "index.html") as view:
+        page = view.page
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#grid figure.thumb >> nth=3")
+        page.wait_for_selector("#neighbours[data-count='10']")
+        assert f"recall@10 {site.recall['recall']:.3f} against exact search on" in page.inner_text("#nbr-summary")
+        page.wait_for_selector("#hist[data-rendered='3']")
+        assert page.get_attribute("#hist", "data-items") == "80"
+        caption = page.inner_text("#hist-caption")
+        assert "a uniform sample of 500 of the 900 images" in caption
+        page.click("button[data-tab='about']")
+        about = page.inner_text("#about-list")
+        assert "approximate: inverted file" in about and "uniform sample of 500 of the 900 images" in about
+        view.assert_clean()

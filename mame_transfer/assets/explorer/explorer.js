@@ -151,9 +151,15 @@
     box.dataset.count = String(list.length);
     summary.textContent = list.length
       ? same + " of " + list.length + " neighbours share the label “" + META.classes[ITEMS.label[i]] +
-        "” (precision@" + list.length + " = " + (same / list.length).toFixed(2) + ")"
+        "” (precision@" + list.length + " = " + (same / list.length).toFixed(2) + ")" + recallNote()
       : "this image is not in the compared store";
     return list;
+  }
+
+  function recallNote() {
+    const r = META.recall;
+    return r ? "; approximate search, recall@" + r.k + " " + r.recall.toFixed(3) + " against exact search on " +
+      r.queries + " sampled queries" : "";
   }
 
   function renderQuery(i) {
@@ -205,40 +211,60 @@
 
   // ------------------------------------------------------------------------------------------- distribution
 
-  let EMB = null; // {dim, vec: Float32Array [n * dim]} dequantised, loaded on first use
+  // {dim, vec: Float32Array [m * dim], m}: the dequantised vectors the distribution is computed over: every item,
+  // or, in a large collection, a uniform sample of META.dist.n items (data/dist/*.js), loaded on first use.
+  let EMB = null;
+
+  function dequantise(c, vec, base) {
+    const q = new Int8Array(bytes(c.q));
+    const scale = new Float32Array(bytes(c.scale));
+    const dim = c.dim;
+    for (let r = 0; r < c.count; r++) {
+      const s = scale[r], b = (base + r) * dim, qb = r * dim;
+      for (let d = 0; d < dim; d++) vec[b + d] = q[qb + d] * s;
+    }
+  }
 
   async function embeddings() {
     if (EMB) return EMB;
+    const sampled = !!META.dist;
+    const prefix = sampled ? "dist/" : "emb/", count = sampled ? META.dist.chunks : META.emb_chunks;
     const keys = [];
-    for (let c = 0; c < META.emb_chunks; c++) keys.push("emb/" + pad(c, 5));
+    for (let c = 0; c < count; c++) keys.push(prefix + pad(c, 5));
     const chunks = await Promise.all(keys.map(load));
-    const dim = chunks[0].dim;
-    const vec = new Float32Array(META.n * dim);
+    const dim = chunks[0].dim, m = sampled ? META.dist.n : META.n;
+    const vec = new Float32Array(m * dim);
+    const ids = sampled ? new Int32Array(m) : null;
     chunks.forEach((c, ci) => {
-      const q = new Int8Array(bytes(c.q));
-      const scale = new Float32Array(bytes(c.scale));
-      for (let r = 0; r < c.count; r++) {
-        const s = scale[r], base = (c.start + r) * dim, qb = r * dim;
-        for (let d = 0; d < dim; d++) vec[base + d] = q[qb + d] * s;
-      }
+      dequantise(c, vec, c.start);
+      if (ids) ids.set(new Int32Array(bytes(c.ids)), c.start);
       loaded.delete(keys[ci]); // the decoded copy is enough
     });
-    EMB = { dim: dim, vec: vec };
+    EMB = { dim: dim, vec: vec, m: m, ids: ids };
     return EMB;
+  }
+
+  async function queryVector(i, E) {
+    if (!E.ids) return E.vec.subarray(i * E.dim, (i + 1) * E.dim);
+    const c = await load(chunkKey("emb", i));
+    const one = new Float32Array(c.count * c.dim);
+    dequantise(c, one, 0);
+    return one.subarray((i - c.start) * c.dim, (i - c.start + 1) * c.dim);
   }
 
   async function similarities(i) {
     if (state.pinned === i && state.pinnedSims) return state.pinnedSims;
     const E = await embeddings();
-    const n = META.n, dim = E.dim, v = E.vec, out = new Float32Array(n);
-    const qb = i * dim;
-    for (let j = 0; j < n; j++) {
+    const qv = await queryVector(i, E);
+    const m = E.m, dim = E.dim, v = E.vec, out = new Float32Array(m);
+    for (let j = 0; j < m; j++) {
       let s = 0;
       const b = j * dim;
-      for (let d = 0; d < dim; d++) s += v[qb + d] * v[b + d];
+      for (let d = 0; d < dim; d++) s += qv[d] * v[b + d];
       out[j] = s;
     }
-    out[i] = NaN; // the query itself is left out of its distribution
+    // the query itself is left out of its own distribution
+    if (!E.ids) out[i] = NaN; else for (let j = 0; j < m; j++) if (E.ids[j] === i) out[j] = NaN;
     return out;
   }
 
@@ -272,11 +298,13 @@
     let above = 0, total = 0;
     for (const s of simsA) { if (Number.isNaN(s)) continue; total++; if (s >= kth) above++; }
     const ap = META.approx;
-    let text = "Cosine similarity of all " + total + " other images to the query (bars; share of the collection per bin). " +
+    const who = META.dist ? "a uniform sample of " + META.dist.n + " of the " + META.n + " images" : "all " + total + " other images";
+    let text = "Cosine similarity of " + who + " to the query (bars; share of the collection per bin). " +
       "Red ticks: the " + nbrs.length + " nearest neighbours at their exact scores; the k-th neighbour (" +
-      kth.toFixed(3) + ") is matched or beaten by " + above + " images (" + (100 * above / Math.max(total, 1)).toFixed(2) +
-      " %) in the approximation. Approximation: " + ap.dim + "-d truncated SVD, int8; mean |error| " +
-      ap.mean_abs_error.toFixed(3) + ", 99th percentile " + ap.p99_abs_error.toFixed(3) + ".";
+      kth.toFixed(3) + ") is matched or beaten by " + above + (META.dist ? " sampled" : "") + " images (" +
+      (100 * above / Math.max(total, 1)).toFixed(2) + " %) in the approximation. Approximation: " + ap.dim +
+      "-d truncated SVD, int8; mean |error| " + ap.mean_abs_error.toFixed(3) + ", 99th percentile " +
+      ap.p99_abs_error.toFixed(3) + ".";
     if (simsB) text += " Orange: query B, " + ITEMS.name[state.pinned] + " (" + META.classes[ITEMS.label[state.pinned]] + ").";
     $("hist-caption").textContent = text;
   }
@@ -394,8 +422,13 @@
       s.run ? "run " + s.run : "", "layer " + s.layer, s.dim + "-d", s.image_size ? s.image_size + " px" : ""]
       .filter(Boolean).join(", "));
     add("neighbours", META.method + "; k = " + META.k + "; all splits form one collection; an image is never its own neighbour");
+    if (META.recall) add("recall", "recall@" + META.recall.k + " " + META.recall.recall.toFixed(4) + " (lowest query " +
+      META.recall.min.toFixed(2) + ", 5th percentile " + META.recall.p05.toFixed(2) + ") against exact search on " +
+      META.recall.queries + " sampled queries");
+    if (META.dist) add("distribution sample", "similarity distributions use a uniform sample of " + META.dist.n +
+      " of the " + META.n + " images");
     add("distribution", "computed in the page from " + META.approx.dim + "-d int8 projections; measured on " +
-      META.approx.queries + " queries × all images: mean |error| " + META.approx.mean_abs_error.toFixed(4) +
+      META.approx.queries + " queries × " + (META.approx.items || "all") + " images: mean |error| " + META.approx.mean_abs_error.toFixed(4) +
       ", 99th percentile " + META.approx.p99_abs_error.toFixed(4) + ", max " + META.approx.max_abs_error.toFixed(4) +
       ", mean Pearson r " + META.approx.mean_pearson_r.toFixed(4));
     add("thumbnails", META.missing_thumbs ? META.missing_thumbs + " image(s) without thumbnail (placeholder shown)" : "all present");
