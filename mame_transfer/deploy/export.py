@@ -33,7 +33,7 @@ import numpy as np
 
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, MameTransferError
-from mame_transfer.core.fileio import atomic_path, write_json
+from mame_transfer.core.fileio import atomic_path, output_folder, write_json
 from mame_transfer.deploy.classifier import Classifier, load_classifier
 from mame_transfer.training import runs
 
@@ -41,6 +41,7 @@ FORMATS = ("savedmodel", "keras", "tflite")
 QUANTIZE = ("none", "float16")
 KERAS_FILE, TFLITE_FILE, MANIFEST = "model.keras", "model.tflite", "export.json"
 SIGNATURE = "serving_default"
+EXPORT_KIND = "model-export"  # the owner kind of an export folder
 TOLERANCE = 1e-3  # largest |probability difference| a float32 export may show against the run's model
 
 
@@ -58,7 +59,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str =
         The manifest written to ``export.json`` (``verification``: images, source, top-1 agreement, max |diff|).
 
     Raises:
-        ConfigError: bad options, an incomplete run, ``out`` exists without ``overwrite``.
+        ConfigError: bad options, an incomplete run.
+        OutputError: ``out`` holds an earlier export (without ``overwrite``) or anything else.
         MameTransferError: the export disagrees with the run's model (nothing is written).
     """
     if fmt not in FORMATS:
@@ -71,12 +73,20 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str =
         raise ConfigError("--input-size applies to --format keras and tflite and must be at least 8. "
                           f"Received: format={fmt}, input_size={input_size}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    # An earlier export is replaced only with --overwrite; any other folder at --out is refused whatever the flags.
+    with output_folder(out, EXPORT_KIND, overwrite=overwrite, legacy=lambda p: (p / MANIFEST).is_file(),
+                       what="model export", command="export") as existed:
+        return _export(run_dir, out, existed, fmt=fmt, quantize=quantize, input_size=input_size, verify=verify,
+                       n_verify=n_verify)
+
+
+def _export(run_dir, out: Path, existed: bool, *, fmt: str, quantize: str, input_size: int | None, verify,
+            n_verify: int) -> dict:
+    """The body of :func:`export_run`, with ``out`` locked and checked."""
     clf = load_classifier(run_dir)
     sources, source_text = verification_sources(clf, verify, n_verify)
     started = time.perf_counter()
-    with atomic_path(out) as tmp:
+    with atomic_path(out, kind=EXPORT_KIND, replace=existed) as tmp:
         tmp.mkdir(parents=True)
         if fmt == "savedmodel":
             write_savedmodel(clf, tmp)

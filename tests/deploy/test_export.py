@@ -18,7 +18,7 @@ from file_checks import read_json
 from PIL import Image
 
 from mame_transfer import export
-from mame_transfer.core.errors import MameTransferError
+from mame_transfer.core.errors import MameTransferError, OutputError
 from mame_transfer.deploy import export as export_mod
 from mame_transfer.deploy.classifier import load_classifier
 
@@ -142,8 +142,9 @@ def test_bad_exports_are_refused_and_write_nothing(tiny_run, tmp_path, capsys, m
     assert "verification image(s) nope.jpg do not exist" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("keep")
-    assert export.main([str(tiny_run), "--out", str(tmp_path / "taken")]) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    for extra in ([], ["--overwrite"]):  # a folder export did not write is refused whatever the flags
+        assert export.main([str(tiny_run), "--out", str(tmp_path / "taken"), *extra]) == 2
+        assert "holds files this command did not write (mine.txt)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and (tmp_path / "taken" / "mine.txt").is_file()
 
     monkeypatch.setattr(export_mod, "verify_savedmodel",
@@ -162,6 +163,12 @@ def test_generated_verification_images_when_the_data_are_gone(tiny_run, tmp_path
     manifest = export_mod.export_run(moved, tmp_path / "out", fmt="keras", n_verify=3)
     assert manifest["verification"]["source"] == "3 generated image(s) (the run's dataset is not readable here)"
     assert manifest["verification"]["top1_agree"] == 3
+    # an earlier export is replaced only with overwrite (issue 12's rule for every output folder)
+    with pytest.raises(OutputError, match="already holds a model export; pass --overwrite"):
+        export_mod.export_run(moved, tmp_path / "out", fmt="keras", n_verify=3)
+    assert export_mod.export_run(moved, tmp_path / "out", fmt="tflite", n_verify=3, overwrite=True)["format"] == "tflite"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".mame_transfer.json", "class_index.json",
+                                                                     "export.json", "model.tflite"]
 
 
 def test_variable_shape_run_exports(variable_run, tmp_path):
