@@ -119,7 +119,8 @@ def _jpeg_problem(path: str) -> str | None:
 
 
 def _container_problem(path: str, fmt: str, nbytes: int) -> str | None:
-    """A truncated WebP (RIFF size larger than the file) or TIFF (image data past the end of the file)."""
+    """A truncated WebP (RIFF size larger than the file), a truncated TIFF (image data past the end of the file) or
+    a TIFF Pillow cannot decode (it is decoded: slow for very large masters, which ``prepare`` shrinks once)."""
     from PIL import Image
 
     try:
@@ -133,9 +134,14 @@ def _container_problem(path: str, fmt: str, nbytes: int) -> str | None:
             offsets = tags.get(273) or tags.get(324) or ()  # StripOffsets or TileOffsets
             counts = tags.get(279) or tags.get(325) or ()  # StripByteCounts or TileByteCounts
             end = max((int(o) + int(c) for o, c in zip(offsets, counts)), default=0)
-    except (OSError, ValueError, SyntaxError) as exc:
-        return f"unreadable {fmt} ({type(exc).__name__}: {exc})"
-    return f"truncated TIFF (image data ends at byte {end}, the file has {nbytes})" if end > nbytes else None
+            if end > nbytes:
+                return f"truncated TIFF (image data ends at byte {end}, the file has {nbytes})"
+            # A TIFF's header says too little (compression schemes, bit depths): only decoding shows that Pillow
+            # can read it, so TIFFs are decoded here, once, rather than failing in the middle of an epoch.
+            to_rgb8(im)
+    except Exception as exc:  # noqa: BLE001  (Pillow and libtiff raise many types)
+        return f"TIFF cannot be decoded ({type(exc).__name__}: {exc})"
+    return None
 
 
 def to_rgb8(im):

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from tiny_sets import jpeg_bytes, tiff16_bytes
 
+from mame_transfer.core.errors import DataError
 from mame_transfer.datasets.images import check_images, decode_rgb, read_rgb, to_rgb8
+from mame_transfer.datasets.layouts import load_dataset
 
 
 def test_check_images(tmp_path):
@@ -90,3 +93,24 @@ def test_decode_rgb_in_graph(tmp_path):
                        "cut.jpg": cases["image.jpg"][:-100], "text.png": b"not an image", "empty": b""}.items():
         image, ok = decode_rgb(tf.constant(blob), tf.constant(name))
         assert not bool(ok) and tuple(image.shape) == (1, 1, 3), name
+
+
+def test_a_tiff_pillow_cannot_decode_is_named(tmp_path):
+    blob = bytearray(tiff16_bytes(np.zeros((20, 30), np.uint16)))
+    # Compression tag (259) says deflate (8) but the strip holds raw zeros: the header reads, the pixels do not.
+    at = blob.find(bytes([3, 1, 3, 0, 1, 0, 0, 0, 1, 0]))  # tag 259, type SHORT, count 1, value 1
+    blob[at + 8:at + 10] = (8).to_bytes(2, "little")
+    (tmp_path / "odd.tif").write_bytes(bytes(blob))
+    (path, reason), = check_images([tmp_path / "odd.tif"])
+    assert path.endswith("odd.tif") and reason.startswith("TIFF cannot be decoded (OSError"), reason
+    with pytest.raises(DataError, match=r"odd.tif \(TIFF cannot be decoded"):
+        _flat_with(tmp_path)
+
+
+def _flat_with(tmp_path):
+    """Flat class folders holding the undecodable TIFF: training refuses the set with one message naming it."""
+    from tiny_sets import make_flat
+
+    root = make_flat(tmp_path / "flat", per_class=3)
+    (tmp_path / "odd.tif").rename(root / "cats" / "odd.tif")
+    return load_dataset(root, test_fraction=0)

@@ -105,12 +105,33 @@ def test_a_hundred_thousand_paths_stream(tiny_run, tmp_path):
     assert frame["path"].iloc[-1] == str(tmp_path / "box99" / "scan_99999.jpg")
 
 
-@pytest.mark.parametrize("bad", ["folder", "missing_run"])
-def test_bad_outputs_and_runs(tiny_run, tmp_path, capsys, bad):
+def _bad_input(tmp_path, image: str, bad: str) -> tuple[list[str], str]:
+    """(the INPUT arguments, the message expected) of one kind of bad input."""
+    if bad == "missing_input":
+        return [image, str(tmp_path / "typo.jpg")], "input " + str(tmp_path / "typo.jpg") + " does not exist"
+    if bad == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        return [str(tmp_path / "empty")], "empty: no images (.jpg/.jpeg/.png/.tif/.tiff/.webp)"
+    if bad == "csv_without_path_column":
+        (tmp_path / "list.csv").write_text("name\nx.jpg\n")
+        return [str(tmp_path / "list.csv")], "list.csv: no path column"
+    raise ValueError(bad)
+
+
+@pytest.mark.parametrize("bad", ["missing_input", "empty_folder", "csv_without_path_column", "out_is_a_folder",
+                                 "missing_run"])
+def test_bad_input_is_one_error_line_and_no_output(tiny_run, tmp_path, capsys, bad):
     image = _val_paths(tiny_run)[0]
-    if bad == "folder":
-        assert predict.main([str(tiny_run), image, "--out", str(tmp_path)]) == 2
-        assert "is a folder; give the CSV file to write" in capsys.readouterr().err
+    out = tmp_path / "labels.csv"
+    if bad == "out_is_a_folder":
+        argv, expected = [str(tiny_run), image, "--out", str(tmp_path)], "is a folder; give the CSV file to write"
+    elif bad == "missing_run":
+        argv = [str(tmp_path / "runs" / "nope"), image, "--out", str(out)]
+        expected = "nope is not a finished run directory: it does not exist"
     else:
-        assert predict.main([str(tmp_path / "runs" / "nope"), image, "--out", str(tmp_path / "x.csv")]) == 2
-        assert "nope is not a finished run directory: it does not exist" in capsys.readouterr().err
+        inputs, expected = _bad_input(tmp_path, image, bad)
+        argv = [str(tiny_run), *inputs, "--out", str(out)]
+    assert predict.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not out.exists() and not list(tmp_path.glob("labels.csv.partial*"))
