@@ -19,7 +19,7 @@ TENSORFLOW_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tensorflow-gpu", "t
                             "tf-nightly", "tf-nightly-cpu", "intel-tensorflow"}
 # import name -> distribution, where they differ
 DISTRIBUTION_OF = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "keras_tuner": "keras-tuner",
-                   "umap": "umap-learn", "skops": "skops"}
+                   "umap": "umap-learn", "skops": "skops", "faiss": "faiss-cpu"}
 # imported but installed by a declared dependency (grpc by keras-tuner) or optional with a clear error
 INDIRECT = {"grpc": "keras-tuner", "tensorboard": "the [tensorboard] extra"}
 

@@ -64,7 +64,7 @@ class TrainConfig:
     early_stopping: int = _f(5, "stop after this many epochs without val accuracy gain (0 = off)")
     class_weight: str = _f("none", "loss weighting of classes", ("none", "balanced"))
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
-    augment: bool = _f(True, "augment training images with --augmentations (default: random flip, rotation up to 10 degrees)")
+    augment: bool = _f(True, "augment training images with --augmentations (out of the box: random flip, rotation up to 10 degrees)")
     image_cache: bool = _f(False, "keep decoded, resized images in memory after the first epoch (tf.data cache)",
                            alias="cache")
     seed: int = _f(0, "random seed (weights of the head, shuffling, augmentation)")

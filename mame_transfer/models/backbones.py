@@ -424,8 +424,8 @@ register(BackboneSpec(
     description="3-block CNN for tests (no pretrained weights)",
 ))
 
-PRODUCT_ARCHS = ("vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet", "efficientnetv2b0",
-                 "efficientnetv2b3", "efficientnetv2s", "convnext_tiny", "convnext_small")
+PRODUCT_ARCHS = ("vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "efficientnetv2b0", "efficientnetv2b3",
+                 "efficientnetv2s", "convnext_tiny", "convnext_small", "mobilenet")
 
 
 def get(name: str) -> BackboneSpec:

@@ -101,7 +101,8 @@ def test_former_flag_spellings_still_work(name, argv, expected):
 def test_list_archs_shows_the_product_backbones_only(capsys):
     assert _command("finetune").main(["--list-archs"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "mobilenet"]  # no test_tiny
+    assert names == ["vgg16", "vgg19", "resnet50", "efficientnetb0", "efficientnetb3", "efficientnetv2b0",
+                     "efficientnetv2b3", "efficientnetv2s", "convnext_tiny", "convnext_small", "mobilenet"]  # no test_tiny
 
 
 def test_hidden_alias_and_help_formatter():

@@ -142,9 +142,15 @@ def test_split_list_round_trip_and_errors(tmp_path):
     pd.testing.assert_frame_equal(comparable(back.table), comparable(ds.table))
     # relative paths are relative to the CSV; extra columns are ignored
     hand = tmp_path / "flat" / "mine.csv"
-    hand.write_text("File,Label,Subset,notes\ncats/cats_1.png,cats,train,x\ndogs/dogs_9.png,dogs,val,\n")
+    hand.write_text("File,Label,Subset,notes\ncats/cats_1.png,cats,train,x\ndogs/dogs_1.png,dogs,train,\n"
+                    "dogs/dogs_9.png,dogs,val,\n")
     mine = load_dataset(hand, require=("train", "val"))
-    assert mine.table["path"].tolist() == [str(root / "cats" / "cats_1.png"), str(root / "dogs" / "dogs_9.png")]
+    assert mine.table["path"].tolist() == [str(root / "cats" / "cats_1.png"), str(root / "dogs" / "dogs_1.png"),
+                                           str(root / "dogs" / "dogs_9.png")]
+    untrained = tmp_path / "flat" / "untrained.csv"  # a class with val images only is refused (issue 12)
+    untrained.write_text("file,label,subset\ncats/cats_1.png,cats,train\ndogs/dogs_9.png,dogs,val\n")
+    with pytest.raises(DataError, match="have val/test images but no train image: 'dogs'"):
+        load_dataset(untrained, require=("train", "val"))
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label,subset\na.jpg,x,train\na.jpg,,holdout\n")
     with pytest.raises(DataError) as info:
@@ -179,6 +185,6 @@ def test_cli_split_writes_the_mame_layout(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'dogs' (2 images)" in err and not (tmp_path / "x").exists()
     assert data.main(["import", str(root), "--out", str(tmp_path / "y")]) == 2
-    assert "use `data split`" in capsys.readouterr().err
+    assert "use `mame-data split`" in capsys.readouterr().err
     assert data.main(["check", str(root)]) == 0
     assert "flat layout, 20 images, 2 classes" in capsys.readouterr().out
