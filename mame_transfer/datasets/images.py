@@ -1,4 +1,5 @@
-"""Image files: is each one readable and complete (header + end marker, no full decode), how large is it, decoding.
+"""Image files: is each one readable and complete (header read, JPEGs decoded at 1/8 scale, end markers and
+container sizes of the others), how large is it, decoding.
 
 :func:`check_images` runs before training, so a corrupt JPEG is reported with every other bad file at once instead
 of killing an epoch hours in; :func:`looks_complete` is the same check inside the ``tf.data`` graph.
