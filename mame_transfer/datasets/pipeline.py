@@ -35,7 +35,7 @@ def decode_and_resize(path_tensor, image_size: int | Sequence[int], dct_ratio: b
     data = tf.io.read_file(path_tensor)
     check = tf.debugging.Assert(
         looks_complete(data),
-        ["Cannot decode image file (empty, truncated or not JPEG/PNG); run `python -m mame_transfer.data check`:",
+        ["Cannot decode image file (empty, truncated or not JPEG/PNG); run `mame-data check` on the dataset:",
          path_tensor],
     )
     with tf.control_dependencies([check]):
