@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
 
     p = add("project", "PCA / t-SNE / UMAP of a feature store (2-D PNG, 3-D HTML, CSV)")
-    p.add_argument("store", help="feature store folder (python -m mame_transfer.features)")
+    p.add_argument("store", help="feature store folder (written by mame-features)")
     p.add_argument("--method", choices=("pca", "tsne", "umap"), default="umap", help="projection method")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2 (PNG scatter) or 3 (rotatable HTML)")
     p.add_argument("--per-class", type=cli.non_negative_int, default=100, help="stratified sample size per class (0 = all)")

@@ -42,7 +42,7 @@ from mame_transfer.core.errors import ConfigError
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("classify", __doc__.splitlines()[0])
-    p.add_argument("store", nargs="?", help="feature store folder (python -m mame_transfer.features)")
+    p.add_argument("store", nargs="?", help="feature store folder (written by mame-features)")
     p.add_argument("--with", dest="with_", default="metadata,umap", metavar="EXTRAS",
                    help="extra columns beside the embeddings, comma-separated: '' (embeddings only), 'metadata', "
                         "or 'metadata,umap'")

@@ -38,7 +38,7 @@ from mame_transfer.knn import AUTO_EXACT_MAX, METHODS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("explore", __doc__.split("\n")[0])
-    parser.add_argument("store", help="feature store folder (python -m mame_transfer.features)")
+    parser.add_argument("store", help="feature store folder (written by mame-features)")
     parser.add_argument("--out", help="site folder (default: explorer/<store name>)")
     parser.add_argument("--k", type=cli.positive_int, default=20, help="neighbours per image")
     parser.add_argument("--compare", metavar="OTHER_STORE", help="second store: its neighbours shown beside")

@@ -13,7 +13,8 @@ It is also the one place every command builds its parser (:func:`parser`), so th
 here and a flag added anywhere inherits them: the program is named as the user started it (``mame-finetune`` or
 ``python -m mame_transfer.finetune``); the help prints each default once and the choices; ``--verbose {0,1,2}``
 (:func:`add_verbose`) and ``--jobs N`` (:func:`add_jobs`) mean the same everywhere; list flags take commas or
-spaces (:class:`ListAction`); a renamed flag keeps its former spelling, hidden (:func:`hidden_alias`).
+spaces (:class:`ListAction`); positionals read in capitals (``RUN``, ``STORE``); a renamed flag keeps its former
+spelling, hidden (:func:`hidden_alias`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        """As argparse's, with positionals shown in capitals (``RUN``, ``STORE``) like every other placeholder."""
+        if (len(args) == 1 and not args[0].startswith(self.prefix_chars) and "metavar" not in kwargs
+                and "choices" not in kwargs):
+            kwargs["metavar"] = args[0].upper()
+        return super().add_argument(*args, **kwargs)
 
 
 def parser(command: str, description: str, **kwargs) -> Parser:

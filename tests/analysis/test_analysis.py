@@ -384,7 +384,8 @@ def test_analyze_cli_cka_maxact_featvis_project(demo_root, tiny_run, tmp_path, c
     captured = capsys.readouterr()
     printed = captured.out.splitlines()
     assert printed[0].startswith("layer=block1_relu, entropy_random:test_tiny_mean=") and printed[-1] == str(out)
-    assert captured.err.count("60/60") == 2  # one bar per model
+    for model in ("random:test_tiny", tiny_run.name):  # one bar per model, counting the 60 images
+        assert f"top-10 of {model}: 100%" in captured.err and "60/60" in captured.err
 
     out = tmp_path / "fv"
     assert analyze.main(["featvis", "--a", "random:test_tiny", "--image-size", "32", "--layer", "block2_relu",

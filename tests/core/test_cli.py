@@ -203,7 +203,8 @@ def _parsers(name: str):
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_flag_has_help_choices_and_one_default(name):
-    """Every flag says what it does, lists its choices, prints its default at most once and never as None."""
+    """Every flag says what it does, lists its choices, prints its default at most once and never as None; every
+    positional reads in capitals."""
     for parser in _parsers(name):
         formatter = parser._get_formatter()
         visible = {a.dest for a in parser._actions if a.help != argparse.SUPPRESS}
@@ -215,6 +216,8 @@ def test_every_flag_has_help_choices_and_one_default(name):
                 assert getattr(action, "alias_of", None) in visible, f"{where}: hidden but not a visible flag's alias"
                 continue
             assert action.help and action.help.strip(), f"{where}: no help"
+            if not action.option_strings and not action.choices:  # RUN, STORE...: placeholders read in capitals
+                assert action.metavar and action.metavar.isupper(), f"{where}: positional shown as {action.metavar!r}"
             text = formatter._format_action_invocation(action) + " " + formatter._expand_help(action)
             for choice in action.choices or ():
                 assert str(choice) in text, f"{where}: choice {choice!r} not listed in {text!r}"
