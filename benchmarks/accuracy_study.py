@@ -63,9 +63,12 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "tta-ms-flip": ("tta", {"of": "ms-224-320-448", "tta": "flip"}),
     "tta-448-head-only-flip": ("tta", {"of": "ft-448-head-only", "tta": "flip"}),
     "tta-224-patches": ("tta", {"of": "ft-224", "tta": "patches"}),
+    "tta-320-flip": ("tta", {"of": "ft-320", "tta": "flip"}),
     "svc-224": ("svc", {"of": "ft-224"}),
+    "svc-320": ("svc", {"of": "ft-320"}),
     "mix-ft-320+448": ("mix", {"of": ["ft-320", "ft-448"]}),
     "mix-ft-448+offshelf-448": ("mix", {"of": ["ft-448", "offshelf-448"]}),
+    "mix-ft-320+offshelf-448": ("mix", {"of": ["ft-320", "offshelf-448"]}),
     "mix-offshelf-320+448": ("mix", {"of": ["offshelf-320", "offshelf-448"]}),
     "mix-ms+ft-448": ("mix", {"of": ["ms-224-320-448", "ft-448"]}),
 }
