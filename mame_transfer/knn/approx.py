@@ -8,10 +8,9 @@ nearest lists only; those candidates are re-ranked by the exact cosine of the fu
 is exact and only a true neighbour missing from the candidates is an error. :func:`recall_at_k` measures that error
 against exact search (:func:`~.exact.top_k`) on sampled queries.
 
-The method was chosen by measurement on this project's 2-core machine (``benchmarks/bench_neighbours.py``,
-``benchmarks/RESULTS.md``): for the neighbours of *every* item, the inverted file answered several times faster than
-an HNSW graph (faiss or hnswlib) at the same recall after re-ranking, and pynndescent (installed with umap-learn)
-was slower still. faiss ships binary wheels for Linux, macOS and Windows; hnswlib compiles from source.
+Alternatives (an HNSW graph in faiss or hnswlib, pynndescent) can be compared on the same candidates and
+re-ranking with ``benchmarks/bench_neighbours.py --sections libs``; ``benchmarks/RESULTS.md`` says what has been
+measured. faiss ships binary wheels for Linux, macOS and Windows; hnswlib compiles from source.
 """
 
 from __future__ import annotations
