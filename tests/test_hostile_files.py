@@ -301,7 +301,7 @@ def test_empty_class_folder_and_class_without_train_images_are_errors(tmp_path):
     root = make_folders(tmp_path / "a")
     (root / "train" / "birds").mkdir()
     (root / "train" / "birds" / "README.txt").write_text("todo")
-    with pytest.raises(DataError, match=r"1 class folder\(s\) hold no .jpg/.jpeg/.png image: .*train/birds"):
+    with pytest.raises(DataError, match=r"1 class folder\(s\) hold no .jpg/.jpeg/.png/.tif/.tiff/.webp image: .*train/birds"):
         read_folders(root)
     root = make_folders(tmp_path / "b")
     (root / "val" / "fish").mkdir()

@@ -153,6 +153,9 @@ class TrainConfig:
         if not 0 <= self.fold <= self.folds:
             raise ConfigError(f"fold must be in 1..folds (0 = all) and needs --folds. Received: fold={self.fold}, "
                               f"folds={self.folds}")
+        if self.progressive and self.shape != "fixed":
+            raise ConfigError(f"--progressive resizes square inputs (--shape fixed); --shape {self.shape} keeps each "
+                              f"image's aspect with a pixel budget (--pixels). Drop one of them.")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1). Received: holdout_fraction={self.holdout_fraction}")
         if not self.demo and not self.data:

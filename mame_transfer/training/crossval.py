@@ -106,7 +106,7 @@ def cross_validate(config: TrainConfig) -> Path:
     elif (work / runs.CONFIG).is_file() and _key(runs.read_config(work)) != _key(config):
         raise ConfigError(f"{work} holds an interrupted cross-validation of another configuration; rerun that "
                           f"command to finish it, or pass --overwrite to start this one there")
-    runs.start(work, dataclasses.replace(config, fold=0), dataset.class_index)
+    runs.start(work, dataclasses.replace(config, fold=0), dataset)
     pool = dataset.table[dataset.table["subset"].isin(POOL_SUBSETS)].reset_index(drop=True)
     todo = [config.fold] if config.fold else list(range(1, config.folds + 1))
     for i in todo:

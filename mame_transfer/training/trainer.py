@@ -227,7 +227,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
     from mame_transfer.training import routes
 
     phases = plan_phases(config)
-
+    fixed = config.shape == "fixed"  # a variable-shape net takes any size: never rebuilt at a phase's size
     classes = dataset.classes
     train_t, val_t = dataset.split("train"), dataset.split("val")
     select_t = val_t
@@ -262,7 +262,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
         for phase, (p_start, p_end, freeze, size) in enumerate((p.start, p.end, p.freeze, p.size) for p in phases):
             if start >= p_end or stopped:
                 continue
-            if net.input_shape[1] != size:  # progressive resizing: same weights, another input size
+            if fixed and net.input_shape[1] != size:  # progressive resizing: same weights, another input size
                 net = _resized(net, config, len(classes), size, strategy)
             sized = dataclasses.replace(config, image_size=size)
             train_ds, val_ds = image_pipelines(sized, train_t, select_t, len(classes))
@@ -303,7 +303,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                 log.info("early stopping after epoch %d", es.stopped_epoch + 1)
                 stopped = phase == len(phases) - 1
 
-        if net.input_shape[1] != config.image_size:  # stopped early in a smaller progressive phase
+        if fixed and net.input_shape[1] != config.image_size:  # stopped early in a smaller progressive phase
             net = _resized(net, config, len(classes), config.image_size, strategy)
         if (work / runs.BEST_WEIGHTS).is_file():
             net.load_weights(work / runs.BEST_WEIGHTS)

@@ -53,7 +53,9 @@ def test_report_renders_in_chromium(run_copy, tmp_path, capsys):
         assert needle in text, needle
     metrics = json.loads((run_copy / "metrics.json").read_text())
     for split, m in metrics.items():
-        assert f'<tr><td class="l">{split}</td><td>{m["n"]}</td><td>{m["top1"]:.4f}</td>' in text, split
+        assert f'<tr><td class="l">{split}</td><td>{m["n"]}</td><td>{m["top1"]:.4f}<br>' in text, split  # + interval
+        low, high = m["top1_ci"]
+        assert f'<span class="muted">[{low:.3f}, {high:.3f}]</span></td>' in text, split
         for name, row in m["per_class"].items():
             assert f'<tr><td class="l">{name}</td><td>{row["precision"]:.3f}</td>' in text, name
     classes = json.loads((run_copy / "class_index.json").read_text())
@@ -113,7 +115,7 @@ def test_long_file_names_wrap_in_the_page(run_copy, tmp_path):
         preds.to_csv(file, index=False)
     (run_copy / "analysis" / "cka").mkdir(parents=True)
     (run_copy / "analysis" / "cka" / f"cka_{'y' * 180}.csv").write_text("layer,cka\n")
-    page = build_report(run_copy, gradcam=0, mistakes=50)
+    page = build_report(run_copy, gradcam=0, mistakes=1000)  # every mistake: the long name among them
     assert long_name in page.read_text()
     with open_page(page) as view:
         widths = view.page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")

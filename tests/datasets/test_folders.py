@@ -142,10 +142,10 @@ def test_split_list_round_trip_and_errors(tmp_path):
     pd.testing.assert_frame_equal(comparable(back.table), comparable(ds.table))
     # relative paths are relative to the CSV; extra columns are ignored
     hand = tmp_path / "flat" / "mine.csv"
-    hand.write_text("File,Label,Subset,notes\ncats/cats_1.png,cats,train,x\ndogs/dogs_1.png,dogs,train,\n"
+    hand.write_text("File,Label,Subset,notes\ncats/cats_1.png,cats,train,x\ndogs/dogs_10.png,dogs,train,\n"
                     "dogs/dogs_9.png,dogs,val,\n")
     mine = load_dataset(hand, require=("train", "val"))
-    assert mine.table["path"].tolist() == [str(root / "cats" / "cats_1.png"), str(root / "dogs" / "dogs_1.png"),
+    assert mine.table["path"].tolist() == [str(root / "cats" / "cats_1.png"), str(root / "dogs" / "dogs_10.png"),
                                            str(root / "dogs" / "dogs_9.png")]
     untrained = tmp_path / "flat" / "untrained.csv"  # a class with val images only is refused (issue 12)
     untrained.write_text("file,label,subset\ncats/cats_1.png,cats,train\ndogs/dogs_9.png,dogs,val\n")

@@ -47,7 +47,7 @@ def test_predict_patches_matches_manual_computation(tmp_path):
     got = tta.predict_patches(net, table, preprocess=pre, image_size=16, scales=(1.0, 0.5), power=3)
     assert got.shape == (2, 3)
     np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
-    image = tta._decode(table["path"][1], max_short_side=32)  # 20x100 image: short side 20 stays
+    image = tta._decode(table["path"][1], 32)  # 20x100 image: short side 20 stays
     patches = tta.image_patches(image, 16, (1.0, 0.5))
     assert patches.shape[0] == len(tta.patch_boxes(100, 20, (1.0, 0.5)))
     manual = tta.aggregate_patch_scores(np.asarray(net(pre(patches), training=False)), 3)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mame_transfer import features
-from mame_transfer.core.errors import ConfigError, DataError
+from mame_transfer.core.errors import ConfigError, DataError, OutputError
 from mame_transfer.store import export as export_mod
 from mame_transfer.store import shards
 from mame_transfer.store.export import export
@@ -82,8 +82,8 @@ def test_three_shares_equal_an_unsharded_export(tmp_path, demo, monkeypatch):
     for split in ref.splits:  # the same rows in the same order
         assert (out / split / "metadata.csv").read_bytes() == (tmp_path / "ref" / split / "metadata.csv").read_bytes()
         np.testing.assert_allclose(store.embeddings(split), ref.embeddings(split), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ConfigError, match="already exists"):
-        export(out, demo, shard=(1, 3), **KW)
+    with pytest.raises(OutputError, match="already holds a feature store; pass --overwrite"):
+        export(out, demo, shard=(1, 3), **KW)  # a finished store is not reopened by a late share
 
 
 def test_a_share_runs_once_and_shares_must_agree(tmp_path, demo):
