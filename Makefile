@@ -35,7 +35,7 @@ demo: setup
 		--image-size 128 --freeze-until block5 --head 128 --lr 1e-3 --epochs 8 --batch-size 32 --out saved_models/demo --overwrite
 
 test: setup-test
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $${TEST_WORKERS:-2}
 
 clean:
 	rm -rf $(VENV) saved_models/demo

@@ -39,6 +39,21 @@ PARTIAL = ".partial"
 OWNER_FILE = ".mame_transfer.json"
 
 
+def replace_folder(work: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Give the finished folder ``work`` the name ``final``; an existing ``final`` (which the caller checked is its
+    own earlier output) is moved aside first and removed only once ``work`` is in place."""
+    work, final = Path(work), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
+    return final
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, kind: str | None = None, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.

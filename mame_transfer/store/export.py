@@ -22,7 +22,7 @@ import pandas as pd
 
 from mame_transfer.core import __version__
 from mame_transfer.core.errors import ConfigError, DataError
-from mame_transfer.core.fileio import PARTIAL, check_output, locked, mark, write_json, write_text
+from mame_transfer.core.fileio import PARTIAL, check_output, locked, mark, replace_folder, write_json, write_text
 from mame_transfer.datasets.images import named_image_errors
 from mame_transfer.store import shards
 from mame_transfer.store.store import (
@@ -229,14 +229,7 @@ def _export(out: Path, work: Path, existed: bool, dataset, *, arch, alpha, weigh
                                          metadata_sha256=file_sha256(work / split / "metadata.csv"))
     write_json(work / MANIFEST, manifest)
     (work / PROGRESS).unlink()
-    if existed:  # our own earlier store (checked), replaced only now that the new one is complete
-        old = out.with_name(f".{out.name}.replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    replace_folder(work, out)  # an existing store is our own (checked), replaced only now that the new one is complete
     return load_store(out)
 
 
@@ -318,15 +311,20 @@ def _claim_plan(work: Path, settings: dict, n: int) -> None:
         lock.release()
 
 
+def _saved_progress(path: Path, settings: dict) -> dict | None:
+    """The progress file at ``path`` when it was written for these settings, else None."""
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        saved = {}
+    return saved if saved.get("settings") == settings else None
+
+
 def _share_progress(folder: Path, settings: dict) -> dict:
     path = folder / PROGRESS
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            saved = {}
-        if saved.get("settings") == settings:
-            return saved
+    saved = _saved_progress(path, settings)
+    if saved is not None:
+        return saved
     folder.mkdir(parents=True, exist_ok=True)
     progress = {"settings": settings, "done": {}}
     write_json(path, progress)
@@ -369,14 +367,7 @@ def _assemble(out: Path, work: Path, n: int, tables: dict, manifest: dict, chunk
         write_json(work / MANIFEST, manifest)
         shutil.rmtree(work / shards.SHARDS)
         mark(work, STORE_KIND)
-        if out.exists():  # our own earlier store: export() checked it (--overwrite) before any share started
-            old = out.with_name(f".{out.name}.replaced")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(work, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, out)
+        replace_folder(work, out)  # an existing store is our own: export() checked it before any share started
     finally:
         lock.release()
     return load_store(out)
@@ -389,13 +380,10 @@ def _open_progress(work: Path, manifest: dict) -> dict:
         raise ConfigError(f"{work} holds a sharded export in progress ({shards.describe_missing(work)}); finish it "
                           f"with --shard, or delete {work} to start over")
     path = work / PROGRESS
+    saved = _saved_progress(path, want)
+    if saved is not None:
+        return saved
     if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            saved = {}
-        if saved.get("settings") == want:
-            return saved
         print(f"[features] {work} holds an export with other settings or inputs; starting over", file=sys.stderr)
     if work.exists():
         shutil.rmtree(work)

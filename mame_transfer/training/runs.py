@@ -37,7 +37,16 @@ import numpy as np
 from mame_transfer.core import config as cfg
 from mame_transfer.core.config import TrainConfig
 from mame_transfer.core.errors import ConfigError, OutputError
-from mame_transfer.core.fileio import PARTIAL, atomic_path, check_output, locked, mark, write_json, write_text
+from mame_transfer.core.fileio import (
+    PARTIAL,
+    atomic_path,
+    check_output,
+    locked,
+    mark,
+    replace_folder,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger("mame_transfer")
 
@@ -283,15 +292,7 @@ def finish(work: Path, final: Path) -> Path:
     shutil.rmtree(work / STATE_DIR, ignore_errors=True)
     shutil.rmtree(work / PREFIX_CACHE_DIR, ignore_errors=True)
     (work / BEST_WEIGHTS).unlink(missing_ok=True)
-    if final.exists():
-        old = final.with_name(f".{final.name}.replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, final)
-    return final
+    return replace_folder(work, final)
 
 
 # --------------------------------------------------------------------------------------------- resuming

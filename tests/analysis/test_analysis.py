@@ -163,9 +163,10 @@ def test_gradcam_on_test_tiny_localises_and_targets():
     assert isinstance(gradcam.gradcam_grid_figure([ov, ov], ["a", "b"]), Figure)
 
 
-@pytest.mark.parametrize("arch", backbones.PRODUCT_ARCHS)
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50", "efficientnetb0", "efficientnetv2b0", "convnext_tiny", "mobilenet"])
 def test_gradcam_builds_on_every_registry_backbone(arch):
-    """Build-only smoke test: the default layer and the gradient model exist for every architecture."""
+    """Build-only smoke test: the default layer and the gradient model exist, one architecture per family (every
+    registry entry is built, block by block, in tests/models/test_backbones.py)."""
     import keras
 
     from mame_transfer.analysis.sources import last_spatial_layer
