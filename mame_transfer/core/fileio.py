@@ -183,7 +183,8 @@ def _read_holder(fd: int) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether a process of this machine with that pid runs (an unreadable pid or no permission count as alive)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -251,7 +252,7 @@ def _acquire(lock: Path, path: Path, command: str) -> int:
                 continue
         previous = _read_holder(fd)
         if previous.get("pid") is not None:
-            alive = previous.get("host") == me["host"] and _pid_alive(previous["pid"])
+            alive = previous.get("host") == me["host"] and pid_alive(previous["pid"])
             log.warning("%s: taking over the lock left by %s (%s)", path, _describe(previous),
                         "its process holds no lock any more" if alive else "no longer running")
         os.ftruncate(fd, 0)

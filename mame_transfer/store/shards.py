@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mame_transfer.core.errors import ConfigError
+from mame_transfer.core.fileio import pid_alive
 
 SHARDS = "shards"
 PLAN = "plan.json"
@@ -140,7 +141,7 @@ class Lock:
                 fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 holder = _read_holder(pidfile)
-                if holder and holder.get("host") == socket.gethostname() and not _alive(int(holder["pid"])):
+                if holder and holder.get("host") == socket.gethostname() and not pid_alive(int(holder["pid"])):
                     pidfile.unlink(missing_ok=True)  # left by a killed process of this host
                     continue
                 if not blocking or time.monotonic() > deadline:
@@ -211,12 +212,3 @@ def _holder_text(holder: dict) -> str:
         return "another process"
     return f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -27,7 +27,7 @@ import numpy as np
 
 from mame_transfer.core.config import TrainConfig
 from mame_transfer.core.errors import ConfigError
-from mame_transfer.core.fileio import atomic_path
+from mame_transfer.core.fileio import atomic_path, pid_alive
 from mame_transfer.training import runs
 from mame_transfer.training.compile import class_weights, compile_model, schedule_callbacks
 from mame_transfer.training.distributed import (
@@ -135,21 +135,10 @@ def _worker_dir(index: int) -> Path:
     base = Path(tempfile.gettempdir())
     for old in base.glob("mame_transfer-worker*-*"):
         pid = old.name.split("-")[2] if old.name.count("-") >= 3 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"mame_transfer-worker{index}-{os.getpid()}-", dir=base))
 
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _train(config: TrainConfig, cluster) -> Path | None:
