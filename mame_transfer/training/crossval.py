@@ -23,6 +23,7 @@ prefix cache, the frozen layers are computed once for every train+val image and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -35,7 +36,16 @@ import pandas as pd
 from mame_transfer.core import config as cfg
 from mame_transfer.core.config import TrainConfig
 from mame_transfer.core.errors import ConfigError
-from mame_transfer.core.fileio import PARTIAL, markdown_table, write_json, write_text
+from mame_transfer.core.fileio import (
+    PARTIAL,
+    check_output,
+    locked,
+    mark,
+    markdown_table,
+    replace_folder,
+    write_json,
+    write_text,
+)
 from mame_transfer.inference.metrics import (
     PREDICTIONS,
     PROBABILITIES,
@@ -49,6 +59,7 @@ from mame_transfer.training import runs
 
 log = logging.getLogger("mame_transfer")
 SUMMARY_JSON, SUMMARY_MD, OOF = "cv_summary.json", "cv_summary.md", "oof_predictions.csv"
+CV_KIND = "cross-validation"  # the owner kind of a cross-validation folder
 ENSEMBLE_DIR = "ensemble"
 POOL_SUBSETS = ("train", "val")
 
@@ -69,9 +80,6 @@ def find_cv_dir(config: TrainConfig) -> tuple[Path, Path]:
     ``--runs-dir``, else a new ``<arch>-cv<K>-<timestamp>``."""
     if config.out:
         final = Path(config.out)
-        if final.exists() and any(final.iterdir()) and not config.overwrite:
-            raise ConfigError(f"cross-validation folder {final} already exists; pass --overwrite to replace it or "
-                              f"choose another --out")
         return final, final.with_name(final.name + PARTIAL)
     parent = Path(config.runs_dir)
     for cand in sorted(parent.glob(f"{config.arch}-cv{config.folds}-*{PARTIAL}"), reverse=True):
@@ -92,7 +100,6 @@ def cross_validate(config: TrainConfig) -> Path:
         The finished cross-validation folder, or the ``.partial`` work folder after a single ``--fold``.
     """
     from mame_transfer.core.cli import log_to_stdout
-    from mame_transfer.training.trainer import train
 
     config = runs.resolved_config(config.validate())
     if not config.folds:
@@ -100,13 +107,28 @@ def cross_validate(config: TrainConfig) -> Path:
     log_to_stdout(config.verbose)
     dataset = runs.dataset_for(dataclasses.replace(config, fold=0), require=("train",))  # val is optional here
     final, work = find_cv_dir(config)
+    # One process holds the folder, except with --fold: K machines then train one fold each in the same --out
+    # (each fold's run directory has its own lock).
+    with contextlib.nullcontext() if config.fold else locked(final, "finetune --folds"):
+        # --overwrite replaces only an earlier cross-validation; any other folder is refused whatever the flags.
+        check_output(final, CV_KIND, overwrite=config.overwrite, legacy=lambda p: (p / SUMMARY_JSON).is_file(),
+                     what="cross-validation")
+        check_output(work, CV_KIND, additive=True, legacy=lambda p: (p / runs.CONFIG).is_file(),
+                     what="interrupted cross-validation", flag="--out (its .partial folder)")
+        return _cross_validate(config, dataset, final, work)
+
+
+def _cross_validate(config: TrainConfig, dataset, final: Path, work: Path) -> Path:
+    """The body of :func:`cross_validate`, with its folders checked (and locked unless one ``--fold`` runs)."""
+    from mame_transfer.training.trainer import train
+
     if config.overwrite:
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # our own interrupted cross-validation (checked)
     elif (work / runs.CONFIG).is_file() and _key(runs.read_config(work)) != _key(config):
         raise ConfigError(f"{work} holds an interrupted cross-validation of another configuration; rerun that "
                           f"command to finish it, or pass --overwrite to start this one there")
     runs.start(work, dataclasses.replace(config, fold=0), dataset)
+    mark(work, CV_KIND)
     pool = dataset.table[dataset.table["subset"].isin(POOL_SUBSETS)].reset_index(drop=True)
     todo = [config.fold] if config.fold else list(range(1, config.folds + 1))
     for i in todo:
@@ -123,9 +145,7 @@ def cross_validate(config: TrainConfig) -> Path:
         return work
     summary = summarize(work, config, dataset.classes, dataset)
     shutil.rmtree(work / runs.PREFIX_CACHE_DIR, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final)
-    work.rename(final)
+    replace_folder(work, final)  # an earlier cross-validation at --out (checked) is replaced only now
     log.info("cross-validation complete: %s (val top-1 %s over %d folds)", final,
              format_ci(summary["over_folds"]["val"]["top1"]["mean"], summary["over_folds"]["val"]["top1"]["ci"]),
              config.folds)

@@ -82,3 +82,13 @@ def test_another_configuration_in_the_same_folder_is_refused(tmp_path, demo_root
         cross_validate(other)
     with pytest.raises(ConfigError, match="folds must be 0"):
         cfg.resolve(TrainConfig, finetune.build_parser().parse_args(["--demo", "--folds", "1"])).validate()
+
+
+def test_a_folder_that_is_not_a_cross_validation_is_never_removed(tmp_path, demo_root, capsys):
+    """--folds --overwrite replaces only an earlier cross-validation (issue 12's rule for every output folder)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("my data")
+    assert finetune.main(TINY + ["--out", str(mine), "--overwrite"]) == 2
+    assert "holds files this command did not write (keep.txt)" in capsys.readouterr().err
+    assert (mine / "keep.txt").read_text() == "my data" and not (tmp_path / "mine.partial").exists()
