@@ -65,15 +65,25 @@ def run(*args: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--louvre", default=str(REPO.parent / "shared" / "data" / "louvre_genre"))
-    ap.add_argument("--work", default="/tmp/louvre_deploy", help="scratch folder (replaced)")
+    shared = Path(os.environ.get("MAME_SHARED", REPO.parent / "shared"))
+    ap.add_argument("--louvre", default=str(shared / "data" / "louvre_genre"),
+                    help="the shared Louvre set, <split>/<class>/*.jpg (default: $MAME_SHARED/data/louvre_genre)")
+    ap.add_argument("--work", default="/tmp/louvre_deploy", help="scratch folder of this script (replaced)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--n", type=int, default=100, help="unlabelled images to predict")
     args = ap.parse_args(argv)
+    images = sorted(Path(args.louvre).glob("*/*/*.jpg"))  # <split>/<class>/<file>
+    if not images:
+        sys.exit(f"no <split>/<class>/*.jpg images under {args.louvre}: pass --louvre or set MAME_SHARED")
     work = Path(args.work)
+    marker = work / ".louvre_deploy"
+    if work.exists() and any(work.iterdir()) and not marker.is_file():
+        sys.exit(f"{work} exists and was not made by this script; pass another --work (it is replaced)")
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    marker.touch()
     flat = work / "flat"
-    for image in sorted(Path(args.louvre).glob("*/*/*.jpg")):  # <split>/<class>/<file>
+    for image in images:
         target = flat / image.parent.name / f"{image.parent.parent.name}_{image.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(image.resolve())
