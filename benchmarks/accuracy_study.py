@@ -59,6 +59,9 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "probe-448": ("ft", {**PROBE}),
     "probe-ms-224-320-448": ("ft", {**PROBE, "scales": "224,320,448"}),
     "probe-ms-224-320-448-512": ("ft", {**PROBE, "image_size": 512, "scales": "224,320,448,512"}),
+    # the best-cpu recipe's 5 fold models (trained on the set's train split only) and their ensemble, scored on its val
+    "folds-ensemble-probe": ("ft", {**PROBE, "scales": "224,320,448", "data": "@test-data"}),
+    "ft-320-freeze-block9": ("ft", {"image_size": 320, "freeze_until": "block9"}),
     "ft-224-block-lr": ("ft", {"image_size": 224, "block_lr": "block12-block13:1e-5,head:1e-3"}),
     "ft-224-head-only": ("ft", {**HEAD_ONLY, "image_size": 224}),
     "ft-224-head-only-zoom": ("ft", {**HEAD_ONLY, "image_size": 224, "augmentations": "flip,rotation:10,zoom:0.2"}),
