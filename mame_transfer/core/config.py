@@ -47,7 +47,7 @@ class TrainConfig:
     dropout: float = _f(0.5, "dropout after each hidden head layer")
     l2: float = _f(1e-4, "L2 penalty on head kernels")
     pooling: str = _f("avg", "global pooling of the backbone features", ("avg", "max"))
-    head_solver: str = _f("sgd", "how the head is trained: sgd = epochs of --optimizer; logreg = linear probe: with --freeze-until all --head none --no-augment the softmax layer is fitted by logistic regression on the cached features (C by 3-fold CV on train)", ("sgd", "logreg"))
+    head_solver: str = _f("sgd", "how the head is trained: sgd = epochs of --optimizer; logreg = linear probe: with --freeze-until all --head none --no-augment the softmax layer is fitted by logistic regression on the cached features (C by 3-fold CV on train); with --freeze-until BLOCK --warmup-epochs N the probe replaces the warm-up and the blocks after BLOCK are fine-tuned from it (LP-FT)", ("sgd", "logreg"))
     scales: str | None = _f(None, "multi-scale features: input sides, e.g. '224,320,448'; the backbone sees the image "
                             "at each (shared weights), pooled features concatenated (--image-size: the largest)")
     # --- optimisation

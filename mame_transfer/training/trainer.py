@@ -29,7 +29,7 @@ from mame_transfer.training.compile import (
     tensorboard_callback,
 )
 from mame_transfer.training.phases import augment_spec, plan_phases
-from mame_transfer.training.probe import check_probe_config, fit_probe
+from mame_transfer.training.probe import check_probe_config, fit_probe, is_probe_only
 
 log = logging.getLogger("mame_transfer")
 
@@ -235,8 +235,9 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
     train_t, val_t = dataset.split("train"), dataset.split("val")
     select_t = val_t
     # val stays untouched until the final scores; the linear probe selects nothing on a slice (its C comes from
-    # cross-validation on train), so it keeps every training image
-    if (config.select_on == "train-holdout" or config.folds) and config.head_solver != "logreg":
+    # cross-validation on train), so it keeps every training image (LP-FT's epochs select on the slice as usual)
+    probe_only = is_probe_only(config)
+    if (config.select_on == "train-holdout" or config.folds) and not probe_only:
         train_t, select_t = holdout_split(train_t, config.holdout_fraction, config.seed)
     handler = log_to_file(config.verbose, work / runs.RUN_LOG)
     try:
@@ -245,7 +246,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
         if config.folds:
             log.info("fold %d of %d (seed %d): val is this fold's share of train+val", config.fold, config.folds,
                      config.seed)
-        if config.head_solver == "logreg":
+        if probe_only:
             log.info("linear probe: C is chosen by cross-validation on train; val is scored only at the end")
         elif select_t is not val_t:
             log.info("early stopping, schedule and best epoch watch a train holdout of %d images (the val_* columns "
@@ -283,7 +284,7 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
                 net, sized, freeze, train_t, select_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start),
                 pool=pool)
             epochwise = stream is not None and fit_train is stream  # endless: steps_per_epoch bounds each epoch
-            if config.head_solver == "logreg":  # no epochs: the softmax layer is fitted on the cached features
+            if config.head_solver == "logreg" and freeze == "all":  # no epochs: the softmax fitted on cached features
                 if fit_net is net:
                     raise ConfigError(f"--head-solver logreg needs the prefix cache; this phase runs the {route}")
                 log.info("phase %d: linear probe on %s", phase + 1, route)

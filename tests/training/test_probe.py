@@ -70,10 +70,18 @@ def test_probe_refuses_untrained_layers_and_wrong_configs(tmp_path):
         fit_probe(_suffix(6, 2, extra=True), _ds(x, y), 2, seed=0, class_weight="none", work=tmp_path)
     base = dict(demo=True, freeze_until="all", head="none", augment=False, head_solver="logreg")
     check_probe_config(TrainConfig(**base))  # accepted
-    with pytest.raises(ConfigError, match=r"--freeze-until all.*--head none.*--no-augment"):
-        check_probe_config(TrainConfig(**dict(base, freeze_until="block3", head="16", augment=True)))
+    with pytest.raises(ConfigError, match=r"--freeze-until all.*--head none"):
+        check_probe_config(TrainConfig(**dict(base, freeze_until="block3", head="16")))
+    with pytest.raises(ConfigError, match=r"--head none.*--no-augment"):
+        check_probe_config(TrainConfig(**dict(base, head="16", augment=True)))
     with pytest.raises(ConfigError, match="--prefix-cache"):
         check_probe_config(TrainConfig(**dict(base, prefix_cache="off")))
+    # LP-FT: a frozen-block fine-tune is accepted when the probe replaces its warm-up (augmentation allowed then)
+    check_probe_config(TrainConfig(**dict(base, freeze_until="block3", warmup_epochs=1, augment=True)))
+    with pytest.raises(ConfigError, match="--warmup-epochs N: the probe, then fine-tuning"):
+        check_probe_config(TrainConfig(**dict(base, freeze_until="block3")))
+    with pytest.raises(ConfigError, match="no --warmup-epochs"):
+        check_probe_config(TrainConfig(**dict(base, warmup_epochs=1)))
 
 
 def test_finetune_head_solver_logreg_end_to_end(tmp_path, demo_root):
@@ -92,3 +100,26 @@ def test_finetune_head_solver_logreg_end_to_end(tmp_path, demo_root):
     held = tmp_path / "held"
     assert finetune.main(argv[:-2] + ["--select-on", "train-holdout", "--out", str(held)]) == 0
     assert read_json(held / PROBE_JSON)["n"] == 240 and "holdout" not in read_json(held / "metrics.json")
+
+
+def test_lp_ft_fine_tunes_from_the_probe(tmp_path, demo_root):
+    """--warmup-epochs with --head-solver logreg: the probe is the warm-up, then the top block trains from it. With a
+    vanishing learning rate the fine-tuning epoch changes nothing, so the run scores exactly as the probe alone."""
+    common = ["--demo", "--arch", "test_tiny", "--weights", "none", "--image-size", "32", "--head", "none",
+              "--no-augment", "--head-solver", "logreg", "--verbose", "0"]
+    assert finetune.main(common + ["--freeze-until", "all", "--out", str(tmp_path / "lp")]) == 0
+    lpft = tmp_path / "lpft"
+    argv = common + ["--freeze-until", "block2", "--warmup-epochs", "1", "--epochs", "2", "--lr", "1e-20",
+                     "--out", str(lpft)]
+    assert finetune.main(argv) == 0
+    assert read_json(lpft / PROBE_JSON)["n"] == 240  # the probe saw every training image
+    import pandas as pd
+
+    history = pd.read_csv(lpft / "history.csv")
+    assert history["epoch"].tolist() == [1]  # Keras counts from 0: the one fine-tuning epoch is the run's second
+    lp, ft = read_json(tmp_path / "lp" / "metrics.json")["val"], read_json(lpft / "metrics.json")["val"]
+    assert lp["top1"] == ft["top1"] and lp["macro_f1"] == ft["macro_f1"]
+    # a real learning rate moves the fine-tuned block away from the probe's starting point
+    moved = tmp_path / "moved"
+    assert finetune.main(argv[:-4] + ["--lr", "1e-2", "--out", str(moved)]) == 0
+    assert pd.read_csv(moved / "history.csv")["loss"].iloc[0] != history["loss"].iloc[0]
