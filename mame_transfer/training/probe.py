@@ -11,8 +11,8 @@ for any run) whose softmax equals the regression's probabilities. Val (and test)
 LP-FT (Kumar et al. 2022, "Fine-tuning can distort pretrained features"): with ``--freeze-until BLOCK`` and
 ``--warmup-epochs N``, the warm-up phase (backbone frozen whole) is this probe instead of N epochs of SGD, and the
 blocks after ``BLOCK`` are then fine-tuned from it as usual (epochs N+1 ... ``--epochs``, best epoch and early
-stopping as for any fine-tune). The probe then fits the cached training views (augmented ones too, with
-``--augment``).
+stopping as for any fine-tune). The probe fits un-augmented features even when ``--augment`` is on; the
+augmentation applies to the fine-tuning epochs.
 """
 
 from __future__ import annotations

@@ -280,11 +280,12 @@ def _train(config: TrainConfig, dataset, final: Path, work: Path, resuming: bool
             stream = _train_stream(config, train_t, max(start, p_start), steps, size)
             phase_ds = stream if stream is not None else train_ds
             # The frozen-prefix cache swaps in the suffix model and cached pipelines when it applies.
+            probe = config.head_solver == "logreg" and freeze == "all"  # no epochs: softmax fitted on cached features
             fit_net, fit_train, fit_val, route = routes.phase_inputs(
-                net, sized, freeze, train_t, select_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start),
-                pool=pool)
+                net, dataclasses.replace(sized, augment=False) if probe else sized,  # the probe fits each image once
+                freeze, train_t, select_t, work, phase_ds, val_ds, epochs=p_end - max(start, p_start), pool=pool)
             epochwise = stream is not None and fit_train is stream  # endless: steps_per_epoch bounds each epoch
-            if config.head_solver == "logreg" and freeze == "all":  # no epochs: the softmax fitted on cached features
+            if probe:
                 if fit_net is net:
                     raise ConfigError(f"--head-solver logreg needs the prefix cache; this phase runs the {route}")
                 log.info("phase %d: linear probe on %s", phase + 1, route)

@@ -119,7 +119,9 @@ def test_lp_ft_fine_tunes_from_the_probe(tmp_path, demo_root):
     assert history["epoch"].tolist() == [1]  # Keras counts from 0: the one fine-tuning epoch is the run's second
     lp, ft = read_json(tmp_path / "lp" / "metrics.json")["val"], read_json(lpft / "metrics.json")["val"]
     assert lp["top1"] == ft["top1"] and lp["macro_f1"] == ft["macro_f1"]
-    # a real learning rate moves the fine-tuned block away from the probe's starting point
+    # a real learning rate moves the fine-tuned block away from the probe's starting point; with augmentation on,
+    # the probe still fits each image once from the cache (its one-epoch phase must not fall back to the full network)
     moved = tmp_path / "moved"
-    assert finetune.main(argv[:-4] + ["--lr", "1e-2", "--out", str(moved)]) == 0
+    assert finetune.main(argv[:-4] + ["--augment", "--lr", "1e-2", "--out", str(moved)]) == 0
+    assert read_json(moved / PROBE_JSON)["n"] == 240
     assert pd.read_csv(moved / "history.csv")["loss"].iloc[0] != history["loss"].iloc[0]
