@@ -62,6 +62,11 @@ LEVERS: dict[str, tuple[str, dict]] = {
     # the best-cpu recipe's 5 fold models (trained on the set's train split only) and their ensemble, scored on its val
     "folds-ensemble-probe": ("ft", {**PROBE, "scales": "224,320,448", "data": "@test-data"}),
     "ft-320-freeze-block9": ("ft", {"image_size": 320, "freeze_until": "block9"}),
+    # Keras 3's label-mixing layers (the full network runs every epoch: no prefix cache)
+    "ft-224-mixup": ("ft", {"image_size": 224, "augmentations": "flip,rotation:10,mixup:0.2"}),
+    "ft-224-cutmix": ("ft", {"image_size": 224, "augmentations": "flip,rotation:10,cutmix:1.0"}),
+    # LP-FT: the probe replaces the warm-up, then blocks 12-13 fine-tune from it (lr 1e-5, set before measuring)
+    "lpft-448": ("ft", {"head": "none", "head_solver": "logreg", "warmup_epochs": 1, "epochs": 9, "lr": 1e-5}),
     "ft-224-block-lr": ("ft", {"image_size": 224, "block_lr": "block12-block13:1e-5,head:1e-3"}),
     "ft-224-head-only": ("ft", {**HEAD_ONLY, "image_size": 224}),
     "ft-224-head-only-zoom": ("ft", {**HEAD_ONLY, "image_size": 224, "augmentations": "flip,rotation:10,zoom:0.2"}),
