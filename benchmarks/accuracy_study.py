@@ -88,6 +88,7 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "mix-ft-320+offshelf-448": ("mix", {"of": ["ft-320", "offshelf-448"]}),
     "mix-offshelf-320+448": ("mix", {"of": ["offshelf-320", "offshelf-448"]}),
     "mix-ms+ft-448": ("mix", {"of": ["ms-224-320-448", "ft-448"]}),
+    "mix-probe-ms+lpft-448": ("mix", {"of": ["probe-ms-224-320-448", "lpft-448"]}),
 }
 
 
